@@ -1,0 +1,31 @@
+"""The one settings object every backend receives: limits, timeouts, addresses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a server needs to know, whatever its concurrency model.
+
+    Times are in seconds, sizes in bytes.
+    """
+
+    proto: str = "http"
+    host: str = "127.0.0.1"
+    port: int = 0
+    root: Path | None = None
+    workers: int = 1
+    idle_timeout: float = 30.0
+    header_timeout: float = 10.0
+    max_header_bytes: int = 8 * KIB
+    max_body_bytes: int = 1 * MIB
+    write_high_water: int = 256 * KIB
+    backlog: int = 1024
+    read_size: int = 64 * KIB
+    shutdown_grace: float = 1.0
