@@ -1,0 +1,136 @@
+"""The one command line every backend shares, and the launch sequence.
+
+``main(backend)`` parses the flags, opens the listener, prints
+``listening on HOST:PORT``, routes SIGINT/SIGTERM to a graceful stop and hands
+over to the backend (or to the worker supervisor for ``--workers N``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from servers.backend import Backend, UsageError
+from servers.listener import announce, open_listener
+from servers.settings import Settings
+from servers.stop import StopSignal
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {text}")
+    return value
+
+
+def _directory(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a directory")
+    return path
+
+
+def build_parser(backend: Backend) -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {type(backend).__module__}",
+        description=(type(backend).__doc__ or backend.name).strip().splitlines()[0],
+    )
+    parser.add_argument("--proto", choices=("echo", "http"), default=defaults.proto,
+                        help="protocol to serve (default: %(default)s)")
+    parser.add_argument("--host", default=defaults.host, help="address (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=defaults.port,
+                        help="port; 0 takes a free one (default: %(default)s)")
+    parser.add_argument("--root", type=_directory, default=None,
+                        help="serve the files under this directory (http only)")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help=f"worker processes (default: {backend.default_workers})")
+    parser.add_argument("--idle-timeout", type=_positive_float, default=defaults.idle_timeout,
+                        help="close a connection silent this long, s (default: %(default)s)")
+    parser.add_argument("--header-timeout", type=_positive_float,
+                        default=defaults.header_timeout,
+                        help="close a client whose request head is not complete this long "
+                             "after it began, s (default: %(default)s)")
+    parser.add_argument("--max-header-bytes", type=_positive_int,
+                        default=defaults.max_header_bytes,
+                        help="larger request heads get 431 (default: %(default)s)")
+    parser.add_argument("--max-body-bytes", type=_positive_int, default=defaults.max_body_bytes,
+                        help="larger request bodies get 413 (default: %(default)s)")
+    parser.add_argument("--write-high-water", type=_positive_int,
+                        default=defaults.write_high_water,
+                        help="stop reading from a peer with this much unsent output, bytes "
+                             "(default: %(default)s)")
+    parser.add_argument("--backlog", type=_positive_int, default=defaults.backlog,
+                        help="listen backlog (default: %(default)s)")
+    backend.add_arguments(parser)
+    return parser
+
+
+def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
+    if options.root is not None and options.proto != "http":
+        raise UsageError("--root needs --proto http")
+    workers = options.workers if options.workers is not None else backend.default_workers
+    if workers > 1 and backend.workers_mode is None:
+        raise UsageError(f"{backend.name} runs one process; --workers {workers} is not possible")
+    return Settings(
+        proto=options.proto,
+        host=options.host,
+        port=options.port,
+        root=options.root,
+        workers=workers,
+        idle_timeout=options.idle_timeout,
+        header_timeout=options.header_timeout,
+        max_header_bytes=options.max_header_bytes,
+        max_body_bytes=options.max_body_bytes,
+        write_high_water=options.write_high_water,
+        backlog=options.backlog,
+    )
+
+
+def main(backend: Backend, argv: list[str] | None = None) -> None:
+    """Parse, listen, announce, serve until SIGINT/SIGTERM, exit 0."""
+    parser = build_parser(backend)
+    options = parser.parse_args(argv)
+    try:
+        settings = settings_from(options, backend)
+        backend.validate(settings, options)
+    except UsageError as exc:
+        parser.error(str(exc))
+    try:
+        backend.prepare(settings, options)
+    except OSError as exc:
+        print(f"{backend.name}: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
+    stop = StopSignal().install()
+    if settings.workers > 1:
+        from servers.workers import supervise
+
+        supervise(backend, settings, stop, options)
+    else:
+        try:
+            listener = open_listener(settings)
+        except OSError as exc:
+            print(f"{backend.name}: cannot listen on {settings.host}:{settings.port}: {exc}",
+                  file=sys.stderr)
+            sys.exit(1)
+        announce(settings.host, listener.getsockname()[1])
+        try:
+            backend.serve(listener, settings, stop, options)
+        finally:
+            listener.close()
+    sys.stdout.flush()

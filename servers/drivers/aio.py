@@ -1,0 +1,222 @@
+"""The core behind an ``asyncio.BufferedProtocol``: for the stdlib loop and uvloop.
+
+The loop reads straight into a buffer the server owns (no bytes object per
+read, which is what makes a plain ``asyncio.Protocol`` slow), the core copies
+what it keeps. The transport's write buffer limits are the high-water mark:
+when the peer stops reading, ``pause_writing`` pauses reading from it. Files are
+sent with ``loop.sendfile`` (a real sendfile on the stdlib loop, read-and-write
+where the loop has none), and output queued behind a file waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+
+from servers.core import FileSlice, Session, Write, session_factory
+from servers.settings import Settings
+from servers.stop import StopSignal
+
+_LINGER_SECONDS = 1.0
+
+
+class _Server:
+    """What the connections of one listener share: settings, buffer, live set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.new_session = session_factory(settings)
+        self.buffer = bytearray(settings.read_size)
+        self.view = memoryview(self.buffer)
+        self.connections: set[CoreProtocol] = set()
+        self.stopping = False
+        self.all_closed: asyncio.Event | None = None
+
+
+class CoreProtocol(asyncio.BufferedProtocol):
+    """One connection: buffer in, core, transport out."""
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.queue: deque[Write] = deque()
+        self.file_task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.read_paused = False
+        self.finished = False
+
+    # -- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        settings = self.server.settings
+        transport.set_write_buffer_limits(high=settings.write_high_water)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.session = self.server.new_session(time.monotonic())
+        self.server.connections.add(self)
+        if self.server.stopping:
+            self.transport.close()
+            return
+        self._arm_timer()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self.session is not None
+        self.session.received(self.server.view[:nbytes], time.monotonic())
+        self._pump()
+
+    def eof_received(self) -> bool:
+        assert self.session is not None
+        self.session.eof_received(time.monotonic())
+        self._pump()
+        return True  # keep the transport open until our output is written
+
+    def pause_writing(self) -> None:
+        self._pause_reading(True)
+
+    def resume_writing(self) -> None:
+        if self.session is not None and not self.session.closing:
+            self._pause_reading(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.file_task is not None:
+            self.file_task.cancel()
+        for item in self.queue:
+            if isinstance(item, FileSlice):
+                item.close()
+        self.queue.clear()
+        server = self.server
+        server.connections.discard(self)
+        if server.stopping and not server.connections and server.all_closed is not None:
+            server.all_closed.set()
+
+    # -- output ------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None and transport is not None
+        self.queue.extend(session.take_output())
+        if self.file_task is None:
+            self._write_queue()
+        if session.closing:
+            self._pause_reading(True)
+            if self.file_task is None and not self.queue:
+                self._close_after_flush()
+
+    def _write_queue(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        while self.queue:
+            item = self.queue.popleft()
+            if isinstance(item, FileSlice):
+                self.file_task = self.loop.create_task(self._send_file(item))
+                return
+            transport.write(item)
+
+    async def _send_file(self, item: FileSlice) -> None:
+        transport = self.transport
+        assert transport is not None and self.session is not None
+        try:
+            await self.loop.sendfile(transport, item.file, item.offset, item.count)
+        except (ConnectionError, OSError, RuntimeError):
+            transport.abort()
+            return
+        finally:
+            item.close()
+        self.file_task = None
+        self.session.touch(time.monotonic())
+        self._pump()
+
+    def _close_after_flush(self) -> None:
+        assert self.transport is not None
+        if self.finished:
+            return
+        self.finished = True
+        if self.transport.can_write_eof():
+            # Half-close and let the peer finish: an immediate close with unread input
+            # would reset the connection and could destroy the last response.
+            self.transport.write_eof()
+            self._pause_reading(False)
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _pause_reading(self, paused: bool) -> None:
+        transport = self.transport
+        if transport is None or paused == self.read_paused or transport.is_closing():
+            return
+        self.read_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    # -- timeouts ----------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        assert self.session is not None
+        self.timer = self.loop.call_at(self._loop_time(self.session.deadline()), self._on_timer)
+
+    def _loop_time(self, monotonic_deadline: float) -> float:
+        return self.loop.time() + (monotonic_deadline - time.monotonic())
+
+    def _on_timer(self) -> None:
+        assert self.session is not None and self.transport is not None
+        if self.finished:
+            self.transport.close()
+        elif self.session.expired(time.monotonic()) and self.file_task is None:
+            self.transport.abort()
+        else:
+            self._arm_timer()
+
+    def stop(self) -> None:
+        """Graceful stop: close now if idle, else after the response in flight."""
+        assert self.transport is not None and self.session is not None
+        self.session.closing = True
+        idle = self.file_task is None and not self.queue
+        if idle and self.transport.get_write_buffer_size() == 0:
+            self.transport.close()
+        else:
+            self._pump()
+
+
+async def serve_listener(listener: socket.socket, settings: Settings, stop: StopSignal) -> None:
+    """Serve ``listener`` with :class:`CoreProtocol` until stop, then drain and return."""
+    loop = asyncio.get_running_loop()
+    state = _Server(settings)
+    server = await loop.create_server(lambda: CoreProtocol(state), sock=listener,
+                                      backlog=settings.backlog)
+    stopped = asyncio.Event()
+    loop.add_reader(stop.fileno(), stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        loop.remove_reader(stop.fileno())
+    server.close()
+    state.stopping = True
+    state.all_closed = asyncio.Event()
+    for conn in list(state.connections):
+        conn.stop()
+    if state.connections:
+        try:
+            await asyncio.wait_for(state.all_closed.wait(), settings.shutdown_grace)
+        except TimeoutError:
+            pass
+    for conn in list(state.connections):
+        if conn.transport is not None:
+            conn.transport.abort()
+    await asyncio.sleep(0)

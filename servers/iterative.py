@@ -1,0 +1,43 @@
+"""iterative: one connection at a time, accepted and served on the main thread.
+
+The baseline of the Linux Applications Performance series: while one client is
+served, the others wait in the listen backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+from servers.backend import Backend
+from servers.cli import main
+from servers.core import session_factory
+from servers.drivers.blocking import ConnectionSet, accept_until_stopped, serve_connection
+from servers.settings import Settings
+from servers.stop import StopSignal
+
+
+class Iterative(Backend):
+    """Serve one client at a time; the rest wait in the backlog."""
+
+    name = "iterative"
+    workers_mode = None
+
+    def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
+              options: argparse.Namespace) -> None:
+        new_session = session_factory(settings)
+        current = ConnectionSet()
+        stop.add_callback(current.stop_all)  # wakes the client being served, if idle
+
+        def handle(sock: socket.socket) -> None:
+            current.add(sock)
+            try:
+                serve_connection(sock, new_session, settings)
+            finally:
+                current.discard(sock)
+
+        accept_until_stopped(listener, stop, handle)
+
+
+if __name__ == "__main__":
+    main(Iterative())

@@ -1,0 +1,79 @@
+"""The registry of backends: what each server is, and the argv that starts it.
+
+The harness and the tests know a server only by its entry here: they start
+``python <argv> --proto P --port 0 ...`` and talk to it over sockets, so a C
+server or a kernel module is a row like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One server of the zoo."""
+
+    name: str
+    module: str
+    model: str  # process, thread, event loop, coroutine, kernel
+    multiplexer: str  # blocking, select, poll, epoll, io_uring, libuv, ...
+    description: str
+    limits: str = ""
+    args: tuple[str, ...] = ()
+    sendfile: bool = False
+    concurrent: bool = True  # serves many clients at once
+    event_driven: bool = False
+    kind: str = "python"  # python, native, kernel
+    protocols: tuple[str, ...] = ("echo", "http")
+    static_files: bool = True
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def argv(self) -> list[str]:
+        """The arguments after ``python`` that start this server."""
+        return ["-m", self.module, *self.args]
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["argv"] = self.argv
+        for key in ("args", "protocols", "tags"):
+            data[key] = list(data[key])
+        return data
+
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry("iterative", "servers.iterative", "process", "blocking",
+          "one connection at a time on the main thread",
+          limits="serves one client at a time; the others wait in the listen backlog",
+          sendfile=True, concurrent=False),
+    Entry("threaded", "servers.threaded", "thread", "blocking",
+          "a thread per connection, blocking sockets",
+          limits="a thread (256 KiB stack) per client; the GIL serialises the Python work",
+          sendfile=True),
+    Entry("epoll", "servers.epoll_raw", "event loop", "epoll",
+          "single-threaded readiness loop on select.epoll, level-triggered",
+          limits="one core per process (--workers N for more)",
+          sendfile=True, event_driven=True),
+    Entry("epoll-et", "servers.epoll_raw", "event loop", "epoll (edge-triggered)",
+          "the epoll loop with EPOLLET: every ready descriptor drained until EAGAIN",
+          limits="one core per process (--workers N for more)",
+          args=("--edge",), sendfile=True, event_driven=True),
+    Entry("asyncio", "servers.asyncio_srv", "event loop", "epoll (asyncio selector)",
+          "asyncio.BufferedProtocol on the stdlib event loop",
+          limits="one core per process (--workers N for more)",
+          args=("--loop", "asyncio"), sendfile=True, event_driven=True),
+    Entry("uvloop", "servers.asyncio_srv", "event loop", "libuv (epoll)",
+          "the same asyncio.BufferedProtocol on uvloop (libuv)",
+          limits="one core per process (--workers N for more); files sent by read+write",
+          args=("--loop", "uvloop"), sendfile=False, event_driven=True),
+)
+
+BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
+
+
+def get(name: str) -> Entry:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no server named {name!r}; known: {', '.join(BY_NAME)}") from None
