@@ -1,0 +1,275 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * khttpd: in-kernel HTTP/1.1 server for tcp-zoo, on a CMWQ workqueue.
+ *
+ * GET / and HEAD / answer the benchmark page with the bytes of
+ * servers/core/WIRE.md (taken from wire.json at build time); other paths get
+ * 404, other known methods 405 with Allow, a malformed request 400 and a
+ * header section over 8 KiB 431 (both then close). Keep-alive follows
+ * HTTP/1.1 and HTTP/1.0 rules; pipelined requests are answered in order.
+ */
+#include <linux/kernel.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/time.h>
+#include <linux/timekeeping.h>
+#include <net/sock.h>
+
+#include "khttpd_parse.h"
+#include "khttpd_wire.h"
+#include "ksrv.h"
+
+/* Room for a full header section plus what may follow it in one read. */
+#define KHTTPD_IN_SIZE (KHTTPD_MAX_HEAD + 4096)
+#define KHTTPD_OUT_SIZE (16 * 1024)
+/* More than any one response this server composes. */
+#define KHTTPD_OUT_RESERVE 1024
+#define KHTTPD_DATE_LEN 29	/* "Mon, 23 Nov 2026 12:00:00 GMT" */
+#define KHTTPD_DRAIN_BYTES (64 * 1024)
+
+enum khttpd_conn_hdr {
+	KHTTPD_KEEP,		/* HTTP/1.1 kept alive: no Connection header */
+	KHTTPD_CLOSE,
+	KHTTPD_KEEP_10,		/* HTTP/1.0 that asked for keep-alive */
+};
+
+static ushort port = 8000;
+module_param(port, ushort, 0444);
+MODULE_PARM_DESC(port, "TCP port to listen on (default 8000)");
+
+static int backlog = 1024;
+module_param(backlog, int, 0444);
+MODULE_PARM_DESC(backlog, "listen() backlog (default 1024)");
+
+static bool bound;
+module_param(bound, bool, 0444);
+MODULE_PARM_DESC(bound, "use a bound (per-CPU) workqueue instead of an unbound one");
+
+static bool reuseaddr = true;
+module_param(reuseaddr, bool, 0444);
+MODULE_PARM_DESC(reuseaddr, "set SO_REUSEADDR on the listener (default 1)");
+
+struct khttpd_conn {
+	struct socket *sock;
+	size_t in_len;
+	size_t out_len;
+	u64 skip;			/* request body bytes still to discard */
+	time64_t date_sec;
+	char date[KHTTPD_DATE_LEN + 1];
+	char in[KHTTPD_IN_SIZE];
+	char out[KHTTPD_OUT_SIZE];
+};
+
+static const struct khttpd_status *khttpd_status(int code)
+{
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(khttpd_statuses); i++)
+		if (khttpd_statuses[i].code == code)
+			return &khttpd_statuses[i];
+	return &khttpd_statuses[1];	/* 400 */
+}
+
+/* The Date value (IMF-fixdate), formatted once per second. */
+static const char *khttpd_date(struct khttpd_conn *c)
+{
+	static const char * const days[] = {
+		"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat",
+	};
+	static const char * const months[] = {
+		"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+		"Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+	};
+	time64_t now = ktime_get_real_seconds();
+	struct tm tm;
+
+	if (now == c->date_sec && c->date[0])
+		return c->date;
+	time64_to_tm(now, 0, &tm);
+	scnprintf(c->date, sizeof(c->date), "%s, %02d %s %04ld %02d:%02d:%02d GMT",
+		  days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
+		  tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	c->date_sec = now;
+	return c->date;
+}
+
+static int khttpd_flush(struct khttpd_conn *c)
+{
+	int err = 0;
+
+	if (c->out_len)
+		err = ksrv_send(c->sock, c->out, c->out_len);
+	c->out_len = 0;
+	return err;
+}
+
+/* Append one response to the output buffer, flushing first if it is full. */
+static int khttpd_respond(struct khttpd_conn *c, int code, bool head_only,
+			  enum khttpd_conn_hdr conn_hdr)
+{
+	const struct khttpd_status *st = khttpd_status(code);
+	const char *type = code == 200 ? KHTTPD_PAGE_TYPE : KHTTPD_ERROR_TYPE;
+	const char *body = code == 200 ? KHTTPD_PAGE_BODY : st->body;
+	size_t body_len = strlen(body);
+	char *out;
+	size_t room;
+	int n;
+
+	if (KHTTPD_OUT_SIZE - c->out_len < KHTTPD_OUT_RESERVE) {
+		n = khttpd_flush(c);
+		if (n)
+			return n;
+	}
+	out = c->out + c->out_len;
+	room = KHTTPD_OUT_SIZE - c->out_len;
+	n = scnprintf(out, room,
+		      "HTTP/1.1 %d %s\r\nServer: " KHTTPD_SERVER "\r\nDate: %s\r\n"
+		      "Content-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+		      code, st->reason, khttpd_date(c), type, body_len,
+		      code == 405 ? "Allow: " KHTTPD_ALLOW "\r\n" : "",
+		      conn_hdr == KHTTPD_CLOSE ? "Connection: close\r\n" :
+		      conn_hdr == KHTTPD_KEEP_10 ? "Connection: keep-alive\r\n" : "");
+	if (!head_only && (size_t)n + body_len < room) {
+		memcpy(out + n, body, body_len);
+		n += body_len;
+	}
+	c->out_len += n;
+	return 0;
+}
+
+static void khttpd_consume(struct khttpd_conn *c, size_t n)
+{
+	memmove(c->in, c->in + n, c->in_len - n);
+	c->in_len -= n;
+}
+
+/*
+ * Answer every complete request in the input buffer, in order. Returns 1 to
+ * keep reading, 0 once a response said the connection closes, or -errno.
+ */
+static int khttpd_process(struct khttpd_conn *c)
+{
+	struct khttpd_req req;
+	enum khttpd_conn_hdr conn_hdr;
+	size_t used;
+	int code, err;
+
+	for (;;) {
+		if (c->skip) {
+			used = min_t(u64, c->skip, c->in_len);
+			khttpd_consume(c, used);
+			c->skip -= used;
+			if (c->skip)
+				return 1;
+		}
+		used = khttpd_parse(c->in, c->in_len, &req);
+		if (!used) {
+			if (c->in_len < KHTTPD_MAX_HEAD)
+				return 1;
+			err = khttpd_respond(c, 431, false, KHTTPD_CLOSE);
+			return err ? err : 0;
+		}
+		if (req.status) {
+			err = khttpd_respond(c, req.status, false, KHTTPD_CLOSE);
+			return err ? err : 0;
+		}
+		if (!req.keep_alive)
+			conn_hdr = KHTTPD_CLOSE;
+		else
+			conn_hdr = req.http10 ? KHTTPD_KEEP_10 : KHTTPD_KEEP;
+		if (req.method == KHTTPD_OTHER)
+			code = 405;
+		else
+			code = req.root ? 200 : 404;
+		err = khttpd_respond(c, code, req.method == KHTTPD_HEAD, conn_hdr);
+		if (err)
+			return err;
+		if (conn_hdr == KHTTPD_CLOSE)
+			return 0;
+		khttpd_consume(c, used);
+		c->skip = req.body_len;
+	}
+}
+
+/*
+ * After the last response: stop sending, then read (and drop) what the
+ * client may still send for a short while, so closing does not answer
+ * with a reset that could discard the response before the client reads it.
+ */
+static void khttpd_linger(struct khttpd_conn *c)
+{
+	size_t total = 0;
+	int n;
+
+	if (kernel_sock_shutdown(c->sock, SHUT_WR))
+		return;
+	WRITE_ONCE(c->sock->sk->sk_rcvtimeo, HZ);
+	while (total < KHTTPD_DRAIN_BYTES) {
+		n = ksrv_recv(c->sock, c->in, sizeof(c->in));
+		if (n <= 0)
+			break;
+		total += n;
+	}
+}
+
+static void khttpd_serve(struct socket *sock)
+{
+	struct khttpd_conn *c = kvzalloc(sizeof(*c), GFP_KERNEL);
+	int more, n;
+
+	if (!c)
+		return;
+	c->sock = sock;
+	for (;;) {
+		more = khttpd_process(c);
+		if (more < 0)
+			break;
+		if (khttpd_flush(c))
+			break;
+		if (!more) {
+			khttpd_linger(c);
+			break;
+		}
+		n = ksrv_recv(sock, c->in + c->in_len, KHTTPD_IN_SIZE - c->in_len);
+		if (n <= 0)
+			break;
+		c->in_len += n;
+	}
+	kvfree(c);
+}
+
+static struct ksrv khttpd_srv = {
+	.name = "khttpd",
+	.serve = khttpd_serve,
+};
+
+static int __init khttpd_init(void)
+{
+	int err;
+
+	if (backlog <= 0)
+		return -EINVAL;
+	khttpd_srv.mode = bound ? KSRV_WQ_BOUND : KSRV_WQ_UNBOUND;
+	err = ksrv_start(&khttpd_srv, port, backlog, reuseaddr);
+	if (err) {
+		pr_err("khttpd: cannot listen on port %u: %d\n", port, err);
+		return err;
+	}
+	pr_info("khttpd: listening on port %u\n", port);
+	return 0;
+}
+
+static void __exit khttpd_exit(void)
+{
+	ksrv_stop(&khttpd_srv);
+	pr_info("khttpd: stopped\n");
+}
+
+module_init(khttpd_init);
+module_exit(khttpd_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_AUTHOR("tcp-zoo");
+MODULE_DESCRIPTION("In-kernel HTTP/1.1 server on CMWQ, serving the tcp-zoo page");

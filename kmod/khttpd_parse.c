@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * khttpd request-head parser (see khttpd_parse.h).
+ *
+ * Lines end in CRLF or a bare LF. The request line is METHOD SP TARGET SP
+ * HTTP/1.0 or HTTP/1.1; a method token that llhttp does not know is a
+ * malformed request (400), one it knows but khttpd does not serve is 405.
+ * Header names are tokens followed directly by a colon; obsolete line
+ * folding and control bytes in values are malformed.
+ */
+#include <linux/ctype.h>
+#include <linux/kernel.h>
+#include <linux/string.h>
+
+#include "khttpd_parse.h"
+
+static const char * const khttpd_known_methods[] = {
+	"DELETE", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "COPY",
+	"LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK",
+	"BIND", "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT",
+	"MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH",
+	"PURGE", "MKCALENDAR", "LINK", "UNLINK", "SOURCE",
+};
+
+struct khttpd_span {
+	const char *p;
+	size_t n;
+};
+
+static bool khttpd_is_tchar(unsigned char c)
+{
+	return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static bool khttpd_span_is(struct khttpd_span s, const char *lit)
+{
+	return s.n == strlen(lit) && !memcmp(s.p, lit, s.n);
+}
+
+static bool khttpd_span_ieq(struct khttpd_span s, const char *lit)
+{
+	return s.n == strlen(lit) && !strncasecmp(s.p, lit, s.n);
+}
+
+/* The next line from *pos (without CR LF); false if no LF before end. */
+static bool khttpd_next_line(const char **pos, const char *end,
+			     struct khttpd_span *line)
+{
+	const char *start = *pos;
+	const char *lf = memchr(start, '\n', end - start);
+
+	if (!lf)
+		return false;
+	*pos = lf + 1;
+	if (lf > start && lf[-1] == '\r')
+		lf--;
+	line->p = start;
+	line->n = lf - start;
+	return true;
+}
+
+static void khttpd_trim(struct khttpd_span *s)
+{
+	while (s->n && (s->p[0] == ' ' || s->p[0] == '\t')) {
+		s->p++;
+		s->n--;
+	}
+	while (s->n && (s->p[s->n - 1] == ' ' || s->p[s->n - 1] == '\t'))
+		s->n--;
+}
+
+/* Is the request target's path "/"? Origin form or absolute form. */
+static bool khttpd_target_is_root(struct khttpd_span t)
+{
+	const char *p = t.p, *end = t.p + t.n, *slash;
+
+	if (p < end && *p != '/') {
+		const char *sep = strnstr(p, "://", t.n);
+
+		if (!sep)
+			return false;
+		p = sep + 3;
+		slash = memchr(p, '/', end - p);
+		if (!slash)
+			return true;	/* "http://host" means "/" */
+		p = slash;
+	}
+	if (p >= end || *p != '/')
+		return false;
+	return p + 1 == end || p[1] == '?' || p[1] == '#';
+}
+
+static int khttpd_request_line(struct khttpd_span line, struct khttpd_req *req)
+{
+	const char *p = line.p, *end = line.p + line.n;
+	struct khttpd_span method, target, version;
+	size_t i;
+
+	method.p = p;
+	while (p < end && khttpd_is_tchar(*p))
+		p++;
+	method.n = p - method.p;
+	if (!method.n || p >= end || *p != ' ')
+		return 400;
+	target.p = ++p;
+	while (p < end && (unsigned char)*p > ' ' && *p != 0x7f)
+		p++;
+	target.n = p - target.p;
+	if (!target.n || p >= end || *p != ' ')
+		return 400;
+	version.p = p + 1;
+	version.n = end - version.p;
+
+	if (khttpd_span_is(version, "HTTP/1.1"))
+		req->http10 = false;
+	else if (khttpd_span_is(version, "HTTP/1.0"))
+		req->http10 = true;
+	else
+		return 400;
+
+	if (khttpd_span_is(method, "GET")) {
+		req->method = KHTTPD_GET;
+	} else if (khttpd_span_is(method, "HEAD")) {
+		req->method = KHTTPD_HEAD;
+	} else {
+		for (i = 0; i < ARRAY_SIZE(khttpd_known_methods); i++)
+			if (khttpd_span_is(method, khttpd_known_methods[i]))
+				break;
+		if (i == ARRAY_SIZE(khttpd_known_methods))
+			return 400;
+		req->method = KHTTPD_OTHER;
+	}
+	req->root = khttpd_target_is_root(target);
+	return 0;
+}
+
+/* Connection: a comma-separated list of tokens. */
+static void khttpd_connection(struct khttpd_span v, bool *close, bool *keep)
+{
+	while (v.n) {
+		const char *comma = memchr(v.p, ',', v.n);
+		struct khttpd_span tok = { v.p, comma ? comma - v.p : v.n };
+
+		khttpd_trim(&tok);
+		if (khttpd_span_ieq(tok, "close"))
+			*close = true;
+		else if (khttpd_span_ieq(tok, "keep-alive"))
+			*keep = true;
+		if (!comma)
+			break;
+		v.n -= comma + 1 - v.p;
+		v.p = comma + 1;
+	}
+}
+
+/* Content-Length: digits only; saturates above the body limit. */
+static int khttpd_content_length(struct khttpd_span v, u64 *out)
+{
+	u64 n = 0;
+	size_t i;
+
+	if (!v.n)
+		return -EINVAL;
+	for (i = 0; i < v.n; i++) {
+		if (!isdigit(v.p[i]))
+			return -EINVAL;
+		if (n <= KHTTPD_MAX_BODY)
+			n = n * 10 + (v.p[i] - '0');
+	}
+	*out = n;
+	return 0;
+}
+
+static bool khttpd_value_ok(struct khttpd_span v)
+{
+	size_t i;
+
+	for (i = 0; i < v.n; i++) {
+		unsigned char c = v.p[i];
+
+		if ((c < ' ' && c != '\t') || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+static int khttpd_header(struct khttpd_span line, struct khttpd_req *req,
+			 bool *close, bool *keep, bool *has_len, bool *chunked)
+{
+	struct khttpd_span name = { line.p, 0 }, value;
+	u64 len;
+
+	while (name.n < line.n && khttpd_is_tchar(line.p[name.n]))
+		name.n++;
+	if (!name.n || name.n == line.n || line.p[name.n] != ':')
+		return 400;
+	value.p = line.p + name.n + 1;
+	value.n = line.n - name.n - 1;
+	khttpd_trim(&value);
+	if (!khttpd_value_ok(value))
+		return 400;
+
+	if (khttpd_span_ieq(name, "connection")) {
+		khttpd_connection(value, close, keep);
+	} else if (khttpd_span_ieq(name, "content-length")) {
+		if (khttpd_content_length(value, &len))
+			return 400;
+		if (*has_len && len != req->body_len)
+			return 400;
+		*has_len = true;
+		req->body_len = len;
+	} else if (khttpd_span_ieq(name, "transfer-encoding")) {
+		*chunked = true;
+	}
+	return 0;
+}
+
+size_t khttpd_parse(const char *buf, size_t len, struct khttpd_req *req)
+{
+	const char *pos = buf, *end = buf + len;
+	bool close = false, keep = false, has_len = false, chunked = false;
+	struct khttpd_span line;
+	size_t head;
+
+	memset(req, 0, sizeof(*req));
+	if (!khttpd_next_line(&pos, end, &line))
+		return 0;
+	req->status = khttpd_request_line(line, req);
+	if (req->status)
+		return len;
+
+	for (;;) {
+		if (!khttpd_next_line(&pos, end, &line))
+			return 0;
+		if (!line.n)
+			break;
+		if (line.p[0] == ' ' || line.p[0] == '\t') {
+			req->status = 400;	/* obsolete line folding */
+			return len;
+		}
+		req->status = khttpd_header(line, req, &close, &keep, &has_len,
+					    &chunked);
+		if (req->status)
+			return len;
+	}
+
+	head = pos - buf;
+	if (head > KHTTPD_MAX_HEAD)
+		req->status = 431;
+	else if (chunked && has_len)
+		req->status = 400;
+	else if (req->body_len > KHTTPD_MAX_BODY)
+		req->status = 413;
+
+	/* As llhttp_should_keep_alive(); a chunked body is not decoded: close. */
+	if (req->http10)
+		req->keep_alive = keep;
+	else
+		req->keep_alive = !close;
+	if (chunked)
+		req->keep_alive = false;
+	return head;
+}

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * khttpd request-head parser: one HTTP/1.x request line and its header
+ * fields, parsed in place from a bounded buffer. Nothing is copied.
+ */
+#ifndef KHTTPD_PARSE_H
+#define KHTTPD_PARSE_H
+
+#include <linux/types.h>
+
+/* A header section (request line included) longer than this gets 431. */
+#define KHTTPD_MAX_HEAD 8192
+/* A declared body longer than this gets 413. */
+#define KHTTPD_MAX_BODY (1024 * 1024)
+
+enum khttpd_method {
+	KHTTPD_GET,
+	KHTTPD_HEAD,
+	KHTTPD_OTHER,	/* a known method that is not served: 405 */
+};
+
+struct khttpd_req {
+	int status;		/* 0: route it; else 400, 413 or 431, then close */
+	enum khttpd_method method;
+	bool http10;
+	bool keep_alive;
+	bool root;		/* the path is "/" */
+	u64 body_len;		/* Content-Length, to be skipped */
+};
+
+/*
+ * Parse the request head at the start of buf. Returns the number of bytes
+ * the head takes (req is filled; req->status says whether it is valid), or
+ * 0 when more bytes are needed and nothing wrong was seen yet.
+ */
+size_t khttpd_parse(const char *buf, size_t len, struct khttpd_req *req);
+
+#endif /* KHTTPD_PARSE_H */

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * ksrv: the listener and connection bookkeeping shared by kecho and khttpd.
+ *
+ * One kthread accepts; each connection is served either by a work item on a
+ * CMWQ workqueue (bound or unbound) or by a kthread of its own. Every live
+ * connection is on a list, so stopping the server shuts the listener down,
+ * shuts every connection's socket down (which wakes any worker blocked in
+ * recvmsg or sendmsg), waits for every worker and frees everything.
+ */
+#ifndef KSRV_H
+#define KSRV_H
+
+#include <linux/atomic.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/net.h>
+#include <linux/sched.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+enum ksrv_mode {
+	KSRV_WQ_UNBOUND,
+	KSRV_WQ_BOUND,
+	KSRV_KTHREAD,
+};
+
+struct ksrv {
+	/* Set by the module before ksrv_start(). */
+	const char *name;
+	enum ksrv_mode mode;
+	/* Serves one connection until it ends; the caller closes the socket. */
+	void (*serve)(struct socket *sock);
+
+	/* Private. */
+	struct socket *listen;
+	struct task_struct *listener;
+	struct workqueue_struct *wq;
+	struct mutex lock;		/* protects conns, dead, stopping */
+	struct list_head conns;		/* connections being served */
+	struct list_head dead;		/* kthread mode: finished, not yet reaped */
+	bool stopping;
+	atomic_t live;			/* entries on conns */
+	atomic_t next_id;
+	wait_queue_head_t idle;		/* woken when live drops */
+};
+
+int ksrv_start(struct ksrv *srv, u16 port, int backlog, bool reuseaddr);
+void ksrv_stop(struct ksrv *srv);
+
+int ksrv_recv(struct socket *sock, void *buf, size_t len);
+int ksrv_send(struct socket *sock, const void *buf, size_t len);
+
+#endif /* KSRV_H */
