@@ -67,6 +67,33 @@ ENTRIES: tuple[Entry, ...] = (
           "the same asyncio.BufferedProtocol on uvloop (libuv)",
           limits="one core per process (--workers N for more); files sent by read+write",
           args=("--loop", "uvloop"), sendfile=False, event_driven=True),
+    Entry("forking", "servers.forking", "process", "blocking",
+          "fork() a child per connection; the child runs the blocking driver",
+          limits="a process creation per client; children reaped on SIGCHLD; "
+                 "on stop each child finishes its response within the grace",
+          sendfile=True),
+    Entry("prefork", "servers.prefork", "process", "blocking",
+          "--workers N (default: CPU count) processes accepting on one shared listener, "
+          "a fixed pool of --threads (default 128) threads in each",
+          limits="workers x threads clients served at once, as many again queued, the rest "
+                 "wait in the backlog; a dead worker is replaced within a second",
+          sendfile=True),
+    Entry("threadpool", "servers.threadpool", "thread", "blocking",
+          "a fixed pool of --threads N (default 256) threads fed by a bounded queue",
+          limits="N clients served at once and N queued (--queue); past that the acceptor "
+                 "stops and new clients wait in the listen backlog",
+          sendfile=True),
+    Entry("select", "servers.select_srv", "event loop", "select",
+          "the shared readiness loop on select.select, level-triggered",
+          limits="descriptors above FD_SETSIZE-1 (1023) cannot be watched: such a connection "
+                 "is closed at once (logged once) while the others are served; O(n) per "
+                 "wake-up; one core per process (--workers N for more)",
+          sendfile=True, event_driven=True),
+    Entry("poll", "servers.poll_srv", "event loop", "poll",
+          "the shared readiness loop on select.poll, level-triggered",
+          limits="the interest array crosses into the kernel on every wake-up (O(n)); "
+                 "one core per process (--workers N for more)",
+          sendfile=True, event_driven=True),
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}

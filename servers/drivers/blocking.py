@@ -9,6 +9,7 @@ this model's backpressure: memory per connection is bounded by one read.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import sys
@@ -71,9 +72,14 @@ def accept_until_stopped(listener: socket.socket, stop: StopSignal,
     poller.register(listener, select.POLLIN)
     poller.register(stop, select.POLLIN)
     while not stop.is_set():
-        poller.poll()
+        ready = poller.poll()
         if stop.is_set():
             break
+        if any(fd == stop.fileno() for fd, _ in ready):
+            # Woken by another signal through the wakeup fd (SIGCHLD in forking): drain
+            # it, or poll would report it forever. A real stop writes its own byte.
+            _drain(stop.fileno())
+            continue
         try:
             sock, _ = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -87,6 +93,14 @@ def accept_until_stopped(listener: socket.socket, stop: StopSignal,
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         handle(sock)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 256):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 _logged: set[str] = set()
