@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from email.utils import formatdate
+from urllib.parse import unquote_to_bytes
 
 import httptools
 
@@ -199,7 +200,7 @@ class HttpSession(Session):
             self._emit(wire.error_response(404, date, connection, head_only=head_only))
             return
         if resolved.is_dir:
-            body = app.files.listing(resolved, path.decode("utf-8", "replace"))
+            body = app.files.listing(resolved, unquote_to_bytes(path).decode("utf-8", "replace"))
             self._emit(wire.compose_head(200, date, "text/html; charset=utf-8", len(body),
                                          connection))
             if not head_only:

@@ -4,8 +4,9 @@ The loop reads straight into a buffer the server owns (no bytes object per
 read, which is what makes a plain ``asyncio.Protocol`` slow), the core copies
 what it keeps. The transport's write buffer limits are the high-water mark:
 when the peer stops reading, ``pause_writing`` pauses reading from it. Files are
-sent with ``loop.sendfile`` (a real sendfile on the stdlib loop, read-and-write
-where the loop has none), and output queued behind a file waits for it.
+sent with ``loop.sendfile`` on the stdlib loop (a real sendfile) and by
+read-and-write paced by flow control on uvloop, which has none; output queued
+behind a file waits for it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from servers.settings import Settings
 from servers.stop import StopSignal
 
 _LINGER_SECONDS = 1.0
+_FILE_CHUNK = 256 * 1024
 
 
 class _Server:
@@ -33,6 +35,8 @@ class _Server:
         self.connections: set[CoreProtocol] = set()
         self.stopping = False
         self.all_closed: asyncio.Event | None = None
+        # The stdlib loop has a real sendfile; uvloop raises NotImplementedError.
+        self.native_sendfile = isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
 
 
 class CoreProtocol(asyncio.BufferedProtocol):
@@ -48,6 +52,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         self.timer: asyncio.TimerHandle | None = None
         self.read_paused = False
         self.finished = False
+        self.drained: asyncio.Future[None] | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -83,9 +88,13 @@ class CoreProtocol(asyncio.BufferedProtocol):
         return True  # keep the transport open until our output is written
 
     def pause_writing(self) -> None:
+        self.drained = self.loop.create_future()
         self._pause_reading(True)
 
     def resume_writing(self) -> None:
+        if self.drained is not None:
+            self.drained.set_result(None)
+            self.drained = None
         if self.session is not None and not self.session.closing:
             self._pause_reading(False)
 
@@ -131,7 +140,11 @@ class CoreProtocol(asyncio.BufferedProtocol):
         transport = self.transport
         assert transport is not None and self.session is not None
         try:
-            await self.loop.sendfile(transport, item.file, item.offset, item.count)
+            if self.server.native_sendfile:
+                await self.loop.sendfile(transport, item.file, item.offset, item.count,
+                                         fallback=False)
+            else:
+                await self._write_file(item)
         except (ConnectionError, OSError, RuntimeError):
             transport.abort()
             return
@@ -140,6 +153,19 @@ class CoreProtocol(asyncio.BufferedProtocol):
         self.file_task = None
         self.session.touch(time.monotonic())
         self._pump()
+
+    async def _write_file(self, item: FileSlice) -> None:
+        """Read-and-write for loops without sendfile (uvloop), paced by flow control."""
+        assert self.transport is not None and self.session is not None
+        while item.count > 0:
+            if self.drained is not None:
+                await self.drained
+            chunk = item.read_chunk(_FILE_CHUNK)
+            if not chunk:
+                raise ConnectionError("file shrank while being sent")
+            item.advance(len(chunk))
+            self.transport.write(chunk)
+            self.session.touch(time.monotonic())
 
     def _close_after_flush(self) -> None:
         assert self.transport is not None
