@@ -187,7 +187,7 @@ mkdir -p /dev/pts; mount -t devpts devpts $H/dev/pts 2>/dev/null
 mount -t tmpfs -o size=512m tmp $H/tmp
 mount -t tmpfs run $H/run 2>/dev/null
 RUN=$(sed -n 's/.*tcpzoo\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
-echo 4 > /proc/sys/kernel/printk
+echo 3 > /proc/sys/kernel/printk
 if [ -n "$RUN" ]; then
   echo "__BEGIN__"
   chroot $H /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 TCPZOO_GUEST=1 \

@@ -72,16 +72,19 @@ static bool drop_one(struct net *net, const struct drop_end *local,
 	if (!sk)
 		return false;
 
-	if (sk->sk_state == TCP_TIME_WAIT) {
+	switch (sk->sk_state) {
+	case TCP_TIME_WAIT:
 		inet_twsk_deschedule_put(inet_twsk(sk));
-	} else if (sk->sk_state == TCP_NEW_SYN_RECV) {
+		return true;
+	case TCP_NEW_SYN_RECV:
+		/* A request sock, not a connection yet: leave it. */
 		sock_gen_put(sk);
 		return false;
-	} else {
+	default:
 		tcp_abort(sk, ECONNABORTED);
 		sock_gen_put(sk);
+		return true;
 	}
-	return true;
 }
 
 static int drop_line(struct net *net, const char *line, size_t len)

@@ -2,8 +2,9 @@
 /*
  * khttpd request-head parser (see khttpd_parse.h).
  *
- * Lines end in CRLF or a bare LF. The request line is METHOD SP TARGET SP
- * HTTP/1.0 or HTTP/1.1; a method token that llhttp does not know is a
+ * Lines end in CRLF (a bare LF is malformed, as in llhttp). The request line
+ * is METHOD SP TARGET SP HTTP/1.0 or HTTP/1.1, where each SP may be a run of
+ * spaces, as llhttp accepts; a method token that llhttp does not know is a
  * malformed request (400), one it knows but khttpd does not serve is 405.
  * Header names are tokens followed directly by a colon; obsolete line
  * folding and control bytes in values are malformed.
@@ -19,7 +20,7 @@ static const char * const khttpd_known_methods[] = {
 	"LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK",
 	"BIND", "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT",
 	"MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH",
-	"PURGE", "MKCALENDAR", "LINK", "UNLINK", "SOURCE",
+	"PURGE", "MKCALENDAR", "LINK", "UNLINK", "SOURCE", "QUERY",
 };
 
 struct khttpd_span {
@@ -42,21 +43,24 @@ static bool khttpd_span_ieq(struct khttpd_span s, const char *lit)
 	return s.n == strlen(lit) && !strncasecmp(s.p, lit, s.n);
 }
 
-/* The next line from *pos (without CR LF); false if no LF before end. */
-static bool khttpd_next_line(const char **pos, const char *end,
-			     struct khttpd_span *line)
+/*
+ * The next line from *pos, without its CRLF: 1, or 0 if no LF before end, or
+ * -1 for a line that ends in a bare LF.
+ */
+static int khttpd_next_line(const char **pos, const char *end,
+			    struct khttpd_span *line)
 {
 	const char *start = *pos;
 	const char *lf = memchr(start, '\n', end - start);
 
 	if (!lf)
-		return false;
+		return 0;
+	if (lf == start || lf[-1] != '\r')
+		return -1;
 	*pos = lf + 1;
-	if (lf > start && lf[-1] == '\r')
-		lf--;
 	line->p = start;
-	line->n = lf - start;
-	return true;
+	line->n = lf - 1 - start;
+	return 1;
 }
 
 static void khttpd_trim(struct khttpd_span *s)
@@ -102,13 +106,17 @@ static int khttpd_request_line(struct khttpd_span line, struct khttpd_req *req)
 	method.n = p - method.p;
 	if (!method.n || p >= end || *p != ' ')
 		return 400;
-	target.p = ++p;
+	while (p < end && *p == ' ')
+		p++;
+	target.p = p;
 	while (p < end && (unsigned char)*p > ' ' && *p != 0x7f)
 		p++;
 	target.n = p - target.p;
 	if (!target.n || p >= end || *p != ' ')
 		return 400;
-	version.p = p + 1;
+	while (p < end && *p == ' ')
+		p++;
+	version.p = p;
 	version.n = end - version.p;
 
 	if (khttpd_span_is(version, "HTTP/1.1"))
@@ -205,8 +213,8 @@ static int khttpd_header(struct khttpd_span line, struct khttpd_req *req,
 	} else if (khttpd_span_ieq(name, "content-length")) {
 		if (khttpd_content_length(value, &len))
 			return 400;
-		if (*has_len && len != req->body_len)
-			return 400;
+		if (*has_len)
+			return 400;	/* llhttp refuses a repeated length */
 		*has_len = true;
 		req->body_len = len;
 	} else if (khttpd_span_ieq(name, "transfer-encoding")) {
@@ -221,17 +229,24 @@ size_t khttpd_parse(const char *buf, size_t len, struct khttpd_req *req)
 	bool close = false, keep = false, has_len = false, chunked = false;
 	struct khttpd_span line;
 	size_t head;
+	int ret;
 
 	memset(req, 0, sizeof(*req));
-	if (!khttpd_next_line(&pos, end, &line))
+	ret = khttpd_next_line(&pos, end, &line);
+	if (!ret)
 		return 0;
-	req->status = khttpd_request_line(line, req);
+	req->status = ret < 0 ? 400 : khttpd_request_line(line, req);
 	if (req->status)
 		return len;
 
 	for (;;) {
-		if (!khttpd_next_line(&pos, end, &line))
+		ret = khttpd_next_line(&pos, end, &line);
+		if (!ret)
 			return 0;
+		if (ret < 0) {
+			req->status = 400;
+			return len;
+		}
 		if (!line.n)
 			break;
 		if (line.p[0] == ' ' || line.p[0] == '\t') {

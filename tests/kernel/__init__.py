@@ -1,0 +1,1 @@
+"""Kernel conformance suite: kmod/ servers exercised inside the QEMU guest."""

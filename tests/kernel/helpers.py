@@ -1,0 +1,175 @@
+"""Helpers for the kernel suite: loading modules, bounded socket exchanges, dmesg."""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import re
+import selectors
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from servers.kmod_launch import KMOD_DIR, Skipped, free_port, load_module, unload_module
+
+__all__ = ["KMOD_DIR", "Skipped", "free_port", "load_module", "unload_module"]
+
+MODULE_NAMES = ("kecho", "khttpd", "drop_tcp_sock")
+BAD_LOG = re.compile(r"Oops|BUG|WARNING|Call Trace|general protection|kernel BUG")
+
+
+def vermagic(ko: Path) -> str | None:
+    """The kernel release a .ko was built for (first word of its vermagic)."""
+    m = re.search(rb"vermagic=([^\s\x00]+)", ko.read_bytes())
+    return m.group(1).decode() if m else None
+
+
+def why_not_runnable() -> str | None:
+    """None when this kernel can load the kmod/ modules, else the reason."""
+    if os.environ.get("TCPZOO_GUEST") != "1":
+        return "not in the bench.vm guest (run: python -m bench.vm test)"
+    if os.geteuid() != 0:
+        return "loading modules needs root"
+    if "nomodule" in Path("/proc/cmdline").read_text().split():
+        return "kernel booted with nomodule"
+    try:
+        if Path("/proc/sys/kernel/modules_disabled").read_text().strip() != "0":
+            return "module loading is disabled (kernel.modules_disabled)"
+    except OSError:
+        return "kernel has no module support"
+    release = platform.release()
+    for name in MODULE_NAMES:
+        ko = KMOD_DIR / f"{name}.ko"
+        if not ko.is_file():
+            return f"{ko} not built (make -C kmod)"
+        built = vermagic(ko)
+        if built != release:
+            return f"{ko.name} is built for {built}, this kernel is {release}"
+    return None
+
+
+def loaded_modules() -> set[str]:
+    return {line.split()[0] for line in Path("/proc/modules").read_text().splitlines()}
+
+
+def load(name: str, **params: object) -> None:
+    """Load kmod/<name>.ko with ``key=value`` parameters (bools as 0/1)."""
+    args = [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in params.items()]
+    load_module(KMOD_DIR / f"{name}.ko", args)
+
+
+def unload(name: str, timeout: float = 10.0) -> float:
+    """Unload ``name``; returns the seconds it took."""
+    start = time.monotonic()
+    unload_module(name, timeout)
+    return time.monotonic() - start
+
+
+def unload_all() -> None:
+    for name in MODULE_NAMES:
+        if name in loaded_modules():
+            unload(name)
+
+
+def connect(port: int, timeout: float = 5.0) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def exchange(sock: socket.socket, data: bytes, want: int, timeout: float = 30.0) -> bytes:
+    """Send ``data`` while reading; return once ``want`` bytes came back (or EOF).
+
+    Reading and writing together means a large payload cannot deadlock against a
+    server that stops reading while its own output is not read.
+    """
+    sock.setblocking(False)
+    deadline = time.monotonic() + timeout
+    view = memoryview(data)
+    got = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if view else 0))
+        while len(got) < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"got {len(got)} of {want} bytes in {timeout}s")
+            for _key, events in sel.select(min(left, 1.0)):
+                if events & selectors.EVENT_WRITE and view:
+                    try:
+                        view = view[sock.send(view[:262144]):]
+                    except BlockingIOError:
+                        pass
+                    if not view:
+                        sel.modify(sock, selectors.EVENT_READ)
+                if events & selectors.EVENT_READ:
+                    try:
+                        chunk = sock.recv(262144)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        return bytes(got)
+                    got += chunk
+    sock.setblocking(True)
+    return bytes(got)
+
+
+def read_until_eof(sock: socket.socket, timeout: float = 10.0, limit: int = 1 << 22) -> bytes:
+    """Everything the peer sends until it closes; TimeoutError if it does not."""
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    got = bytearray()
+    while len(got) < limit:
+        if time.monotonic() > deadline:
+            raise TimeoutError("peer did not close")
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """True once the peer has closed (EOF or reset) within ``timeout`` seconds."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return True
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
+
+
+def meminfo_kib(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def dmesg() -> str:
+    return subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
+
+
+def tcp_states(port: int) -> list[str]:
+    """Hex TCP states of IPv4 sockets with ``port`` as their local port (/proc/net/tcp)."""
+    states = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local = fields[1]
+        if int(local.split(":")[1], 16) == port:
+            states.append(fields[3])
+    return states
+
+
+def a_free_port() -> int:
+    return free_port("127.0.0.1")
