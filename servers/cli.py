@@ -8,6 +8,7 @@ over to the backend (or to the worker supervisor for ``--workers N``).
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 from pathlib import Path
 
@@ -102,10 +103,23 @@ def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
     )
 
 
+def raise_descriptor_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit (thousands of clients need it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def main(backend: Backend, argv: list[str] | None = None) -> None:
     """Parse, listen, announce, serve until SIGINT/SIGTERM, exit 0."""
     parser = build_parser(backend)
     options = parser.parse_args(argv)
+    raise_descriptor_limit()
     try:
         settings = settings_from(options, backend)
         backend.validate(settings, options)
