@@ -76,7 +76,6 @@ typedef struct conn {
     uint8_t idle;               /* silent connection */
     uint8_t state;
     uint8_t retries;
-    uint8_t epout;              /* EPOLLOUT registered */
     uint8_t has_req;            /* a request (batch) is reserved / in flight */
     uint8_t measured;
     uint8_t in_body;
@@ -242,13 +241,15 @@ static int stopping(thr_t *t, uint64_t now)
     return 0;
 }
 
-static void ep_set(thr_t *t, conn_t *c, int want_out, int op)
+/* Edge-triggered, registered once per socket: no epoll_ctl in the steady state, and no
+   re-poll of every ready socket on each epoll_wait (a load generator must stay cheaper
+   than the servers it measures). Reads stop once a recv returns less than asked. */
+static void ep_add(thr_t *t, conn_t *c)
 {
     struct epoll_event ev;
-    ev.events = EPOLLIN | EPOLLRDHUP | (want_out ? EPOLLOUT : 0);
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = c;
-    epoll_ctl(t->epfd, op, c->fd, &ev);
-    c->epout = (uint8_t)(want_out != 0);
+    epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->fd, &ev);
 }
 
 static void conn_close(thr_t *t, conn_t *c)
@@ -261,7 +262,6 @@ static void conn_close(thr_t *t, conn_t *c)
     if (c->state == S_CONNECTING)
         t->connecting--;
     c->state = S_OFF;
-    c->epout = 0;
     c->in_body = 0;
     c->hlen = 0;
     c->body_to_eof = 0;
@@ -385,16 +385,11 @@ static void send_some(thr_t *t, conn_t *c, uint64_t now)
         }
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->epout)
-                ep_set(t, c, 1, EPOLL_CTL_MOD);
-            return;
-        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;             /* EPOLLOUT (edge) says when there is room again */
         conn_fail(t, c, n < 0 ? errno_kind(errno) : E_OTHER, now);
         return;
     }
-    if (c->epout)
-        ep_set(t, c, 0, EPOLL_CTL_MOD);
 }
 
 /* What a connection does when it has nothing in flight. */
@@ -435,7 +430,7 @@ static void start_connect(thr_t *t, conn_t *c, uint64_t now)
         conn_fail(t, c, errno_kind(errno), now);
         return;
     }
-    ep_set(t, c, 1, EPOLL_CTL_ADD);
+    ep_add(t, c);
 }
 
 static void on_connected(thr_t *t, conn_t *c, uint64_t now)
@@ -444,7 +439,6 @@ static void on_connected(thr_t *t, conn_t *c, uint64_t now)
     c->retries = 0;
     if (c->idle) {
         c->state = S_READY;
-        ep_set(t, c, 0, EPOLL_CTL_MOD);
         return;
     }
     if (c->has_req) {           /* connect-per-request */
@@ -453,7 +447,6 @@ static void on_connected(thr_t *t, conn_t *c, uint64_t now)
         return;
     }
     c->state = S_READY;
-    ep_set(t, c, 0, EPOLL_CTL_MOD);
     conn_next(t, c, now);
 }
 
@@ -660,32 +653,34 @@ static int feed_echo(thr_t *t, conn_t *c, const char *d, size_t n, uint64_t now,
     return FEED_MORE;
 }
 
-static void on_readable(thr_t *t, conn_t *c, uint64_t now)
+/* One recv; returns 1 if the socket may hold more (a full buffer was read). */
+static int read_once(thr_t *t, conn_t *c, uint64_t now)
 {
     ssize_t n = recv(c->fd, t->rbuf, t->rbuf_size, 0);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
+        if (errno == EINTR)
+            return 1;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
         int kind = errno_kind(errno);
         if (!c->has_req) {      /* idle keep-alive connection dropped: just reconnect */
             conn_close(t, c);
             conn_next(t, c, now);
-            return;
+            return 0;
         }
         conn_fail(t, c, kind, now);
-        return;
+        return 0;
     }
     if (c->idle) {
-        if (n == 0) {
+        if (n == 0)
             conn_close(t, c);
-        }
-        return;                 /* idle connections ignore anything sent to them */
+        return (size_t)n == t->rbuf_size;   /* idle connections ignore what they get */
     }
     if (n == 0) {
         if (!c->has_req) {      /* server closed a kept connection between requests */
             conn_close(t, c);
             conn_next(t, c, now);
-            return;
+            return 0;
         }
         if (is_http(t->cfg->workload) && c->in_body && c->body_to_eof) {
             c->in_body = 0;
@@ -693,11 +688,11 @@ static void on_readable(thr_t *t, conn_t *c, uint64_t now)
             answer_done(t, c, now, c->status >= 200 && c->status < 300);
             if (c->outstanding == 0) {
                 batch_done(t, c, now);
-                return;
+                return 0;
             }
         }
         conn_fail(t, c, c->got_any ? E_SHORT : E_RESET, now);
-        return;
+        return 0;
     }
     if (t->measuring)
         t->bytes_recv += (uint64_t)n;
@@ -706,10 +701,20 @@ static void on_readable(thr_t *t, conn_t *c, uint64_t now)
         r = feed_http(t, c, t->rbuf, (size_t)n, now, &kind);
     else
         r = feed_echo(t, c, t->rbuf, (size_t)n, now, &kind);
-    if (r == FEED_ERR)
+    if (r == FEED_ERR) {
         conn_fail(t, c, kind, now);
-    else if (r == FEED_DONE)
+        return 0;
+    }
+    if (r == FEED_DONE)
         batch_done(t, c, now);
+    return (size_t)n == t->rbuf_size;
+}
+
+static void on_readable(thr_t *t, conn_t *c, uint64_t now)
+{
+    int fd = c->fd;
+    while (c->fd == fd && read_once(t, c, now))
+        ;
 }
 
 static void on_event(thr_t *t, conn_t *c, uint32_t ev, uint64_t now)
