@@ -1,0 +1,398 @@
+"""``python -m bench``: benchmark the zoo side by side, or compare two result sets.
+
+Defaults and why (``--servers all`` must finish in under 10 minutes on a 2-core
+machine, ``--quick`` in under 90 s): a run costs warm-up + duration + about
+0.4 s of overhead (server start ~0.1 s, load generator start and connection
+set-up ~0.15 s, stop and bookkeeping ~0.1 s; ~0.3 s more at 1,000
+connections). With ~15 user-space servers x 2 workloads x 4 concurrencies x 3
+repeats = 360 runs, the budget is 600 s / 360 = 1.67 s a run, so the defaults
+are ``--duration 0.75 --warmup 0.2 --repeat 3`` (~1.4 s a run, ~8.5 minutes;
+servers that are skipped, e.g. kernel modules that cannot be loaded on this
+host, cost nothing after their first attempt). 0.75 s at 10k-100k requests/s
+is 7k-75k samples per run, enough for p99; three repeats give a median and a
+spread. ``--quick`` is 2 concurrencies (10, 100) x 1 repeat of 0.5 s + 0.1 s
+warm-up: 60 runs x ~1 s = ~60 s.
+
+Repeats are interleaved round robin: round 1 runs every (workload,
+concurrency, server) once, then round 2 does it again, so that a slow minute of
+a shared machine lands on all servers rather than on one. Every run starts a
+fresh server (see :mod:`bench.runner` for why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import resource
+import subprocess
+import sys
+from typing import Any
+
+from bench import metrics, progress, report, runner
+
+DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.75,
+            "warmup": 0.2, "repeat": 3}
+QUICK = {"workloads": "echo,http", "concurrency": "10,100", "duration": 0.5,
+         "warmup": 0.1, "repeat": 1}
+RUN_OVERHEAD_S = 0.3
+MANY_CONNECTIONS_EXTRA_S = 0.3  # connection set-up and tear-down at >= 1,000
+PACKAGES = ("tabulate", "psutil", "matplotlib", "uvloop", "trio", "gevent", "httptools",
+            "pytest", "pytest-benchmark")
+VM_NOTE = ("figures from an emulated QEMU guest (TCG): compare them only with each other, "
+           "never with figures from the host")
+
+
+class UsageError(Exception):
+    """A bad flag value: reported with exit status 2."""
+
+
+def _csv_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _positive_float(text) if text.strip() not in ("0", "0.0") else 0.0
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m bench`` argument parser (``compare`` is handled before it)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the zoo's servers side by side with the native load generator. "
+                    "'python -m bench compare OLD NEW' compares two result sets.",
+        epilog=f"Defaults: --workloads {DEFAULTS['workloads']} --concurrency "
+               f"{DEFAULTS['concurrency']} --duration {DEFAULTS['duration']} --warmup "
+               f"{DEFAULTS['warmup']} --repeat {DEFAULTS['repeat']} (all servers in under 10 "
+               f"minutes on 2 cores). --quick: --concurrency {QUICK['concurrency']} --duration "
+               f"{QUICK['duration']} --warmup {QUICK['warmup']} --repeat {QUICK['repeat']} "
+               "(under 90 s); explicit flags still win.",
+    )
+    parser.add_argument("--servers", default="all", help="all, or NAME,NAME (python -m servers)")
+    parser.add_argument("--workloads", default=None,
+                        help=f"comma list of load generator workloads (default "
+                             f"{DEFAULTS['workloads']})")
+    parser.add_argument("--concurrency", default=None,
+                        help=f"comma list of connection counts (default {DEFAULTS['concurrency']})")
+    parser.add_argument("--duration", type=_positive_float, default=None,
+                        help=f"measured seconds per run (default {DEFAULTS['duration']})")
+    parser.add_argument("--warmup", type=_non_negative_float, default=None,
+                        help=f"unmeasured seconds before each run (default {DEFAULTS['warmup']})")
+    parser.add_argument("--repeat", type=_positive_int, default=None,
+                        help=f"repeats, interleaved round robin (default {DEFAULTS['repeat']})")
+    parser.add_argument("--idle", type=_non_negative_int, default=0,
+                        help="extra silent connections held open during each run")
+    parser.add_argument("--rate", type=_positive_float, default=None,
+                        help="open loop at this total requests/s (default: closed loop)")
+    parser.add_argument("--size", type=_positive_int, default=64, help="echo payload bytes")
+    parser.add_argument("--pipeline", type=_positive_int, default=8,
+                        help="depth for the http-pipeline workload")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="pass --workers N to every server")
+    parser.add_argument("--timeout", type=_positive_float, default=2.0,
+                        help="per-request timeout of the load generator, s (default 2)")
+    parser.add_argument("--out", default=None, help="output directory (default results/<time>/)")
+    parser.add_argument("--quick", action="store_true", help="a short run (under 90 s)")
+    parser.add_argument("--no-perf", action="store_true", help="do not count system calls")
+    parser.add_argument("--vm", action="store_true",
+                        help="run the whole benchmark inside the QEMU guest (bench.vm)")
+    parser.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+def select_targets(spec: str) -> list[runner.Target]:
+    """Registry entries named by ``spec`` ("all" or a comma list), as runner targets."""
+    from servers.registry import BY_NAME, ENTRIES
+
+    if spec.strip() == "all":
+        entries = list(ENTRIES)
+    else:
+        names = _csv_list(spec)
+        if not names:
+            raise UsageError("--servers: no server named")
+        unknown = [n for n in names if n not in BY_NAME]
+        if unknown:
+            raise UsageError(f"--servers: unknown server(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(BY_NAME)}")
+        entries = [BY_NAME[n] for n in dict.fromkeys(names)]
+    return [runner.Target(e.name, tuple(e.argv), e.kind, tuple(e.protocols), e.concurrent)
+            for e in entries]
+
+
+def resolve_options(options: argparse.Namespace) -> dict[str, Any]:
+    """Apply --quick and the defaults; validate lists. Raises UsageError."""
+    from bench.loadgen import WORKLOADS
+
+    base = QUICK if options.quick else DEFAULTS
+    workloads = _csv_list(options.workloads or base["workloads"])
+    bad = [w for w in workloads if w not in WORKLOADS]
+    if bad or not workloads:
+        raise UsageError(f"--workloads: unknown {', '.join(bad) or '(empty)'}; "
+                         f"known: {', '.join(WORKLOADS)}")
+    try:
+        concurrency = [int(c) for c in _csv_list(options.concurrency or base["concurrency"])]
+    except ValueError:
+        raise UsageError(f"--concurrency: expected integers, got {options.concurrency!r}") from None
+    if not concurrency or min(concurrency) < 1:
+        raise UsageError("--concurrency: expected positive integers")
+    return {
+        "workloads": list(dict.fromkeys(workloads)),
+        "concurrency": sorted(set(concurrency)),
+        "duration": options.duration or base["duration"],
+        "warmup": base["warmup"] if options.warmup is None else options.warmup,
+        "repeat": options.repeat or base["repeat"],
+    }
+
+
+def plan(targets: list[runner.Target], workloads: list[str], concurrency: list[int],
+         repeat: int) -> list[tuple[int, str, int, runner.Target]]:
+    """Every run in order: round robin over rounds, then workload, concurrency, server."""
+    order = []
+    for rep in range(repeat):
+        for workload in workloads:
+            for conc in concurrency:
+                for target in targets:
+                    if runner.protocol_of(workload) in target.protocols:
+                        order.append((rep, workload, conc, target))
+    return order
+
+
+def estimate_run_s(settings: runner.Settings, concurrency: int) -> float:
+    extra = MANY_CONNECTIONS_EXTRA_S if concurrency >= 1000 else 0.0
+    return settings.warmup + settings.duration + RUN_OVERHEAD_S + extra
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=runner.REPO, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=runner.REPO,
+                               timeout=5).stdout.strip()
+        return rev + ("-dirty" if dirty else "") if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """Machine, kernel, Python and package versions for results.json."""
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    import psutil
+
+    return {
+        "machine": {"hostname": platform.node(), "arch": platform.machine(),
+                    "cpu_model": model, "cpus": os.cpu_count(),
+                    "memory_bytes": psutil.virtual_memory().total},
+        "kernel": f"{platform.system()} {platform.release()} {platform.version()}",
+        "python": sys.version, "python_executable": sys.executable, "packages": packages,
+        "git": _git_revision(),
+    }
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def default_out_dir() -> str:
+    return os.path.join("results", dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def run_vm(argv: list[str], options: argparse.Namespace, estimate_s: float) -> int:
+    """Re-run this command inside the QEMU guest and show its output."""
+    try:
+        from bench import vm
+    except ImportError as exc:
+        print(f"python -m bench: --vm: bench.vm not available ({exc})", file=sys.stderr)
+        return 2
+    out_dir = os.path.abspath(options.out or default_out_dir())
+    guest_args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--vm" or arg.startswith("--out="):
+            continue
+        if arg == "--out":
+            skip = True
+            continue
+        guest_args.append(arg)
+    command = [sys.executable, "-m", "bench", *guest_args, "--out", out_dir, "--in-vm"]
+    timeout = 600 + 8 * estimate_s  # TCG runs everything several times slower
+    print(f"bench: running in the QEMU guest (timeout {progress.fmt_duration(timeout)}): "
+          f"{' '.join(command)}", file=sys.stderr)
+    try:
+        result = vm.run_in_guest(command, timeout)
+    except Exception as exc:  # VmError and friends: say why, do not trace back
+        print(f"python -m bench: --vm: the guest run failed: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(result.stdout)
+    print(f"bench: guest exit status {result.returncode}; results in {out_dir}", file=sys.stderr)
+    return result.returncode
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse flags, run the plan, print the tables, write the outputs; the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    try:
+        targets = select_targets(options.servers)
+        resolved = resolve_options(options)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"python -m bench: error: {exc}", file=sys.stderr)
+        return 2
+    settings = runner.Settings(
+        duration=resolved["duration"], warmup=resolved["warmup"], idle=options.idle,
+        rate=options.rate, size=options.size, pipeline=options.pipeline,
+        workers=options.workers, timeout=options.timeout,
+    )
+    order = plan(targets, resolved["workloads"], resolved["concurrency"], resolved["repeat"])
+    estimate = sum(estimate_run_s(settings, conc) for _, _, conc, _ in order)
+    if options.vm:
+        return run_vm(argv, options, estimate)
+    if not order:
+        print("python -m bench: error: no server speaks the chosen workloads", file=sys.stderr)
+        return 2
+    note = VM_NOTE if options.in_vm else ""
+    out_dir = options.out or default_out_dir()
+    raise_fd_limit()
+    server_cpus, client_cpus = runner.split_cpus()
+    if server_cpus != client_cpus:
+        os.sched_setaffinity(0, client_cpus)  # keep the harness off the server's cores
+    perf_problem = None if options.no_perf else metrics.perf_available()
+    use_perf = not options.no_perf and perf_problem is None
+    print(f"bench: {len(targets)} servers x {len(resolved['workloads'])} workloads x "
+          f"{len(resolved['concurrency'])} concurrencies x {resolved['repeat']} repeats = "
+          f"{len(order)} runs of {settings.warmup:g}+{settings.duration:g} s; estimated "
+          f"{progress.fmt_duration(estimate)} (servers skipped here finish sooner)",
+          file=sys.stderr)
+    calls = ("counted with perf" if use_perf
+             else f"not counted ({perf_problem or '--no-perf'})")
+    print(f"bench: server cores {server_cpus}, load generator cores {client_cpus}; "
+          f"system calls {calls}", file=sys.stderr)
+    meta: dict[str, Any] = {
+        **machine_info(), "started": dt.datetime.now(dt.UTC).isoformat(),
+        "argv": argv, "settings": {**resolved, "idle": settings.idle, "rate": settings.rate,
+                                   "size": settings.size, "pipeline": settings.pipeline,
+                                   "workers": settings.workers, "timeout": settings.timeout},
+        "servers": [t.name for t in targets], "server_cpus": server_cpus,
+        "client_cpus": client_cpus, "perf": "perf stat raw_syscalls:sys_enter" if use_perf
+        else f"not counted ({perf_problem or '--no-perf'})", "header_note": note,
+        "estimate_s": estimate, "in_vm": options.in_vm,
+    }
+    runs = execute(order, settings, (server_cpus, client_cpus), use_perf,
+                   progress.Progress(len(order), estimate / max(len(order), 1),
+                                     enabled=not options.quiet))
+    meta["finished"] = dt.datetime.now(dt.UTC).isoformat()
+    meta["wall_s"] = sum(r["wall_s"] for r in runs)
+    meta["complete"] = len(runs) == len(order)
+    files = report.write_outputs(out_dir, runs, meta)
+    print(report.console_report(report.aggregate(runs), note))
+    print(f"\nbench: {len(runs)} runs in {progress.fmt_duration(meta['wall_s'])}; wrote "
+          f"{', '.join(files)} to {out_dir}", file=sys.stderr)
+    return 0 if meta["complete"] else 130
+
+
+def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.Settings,
+            cpus: tuple[list[int], list[int]], use_perf: bool,
+            bar: progress.Progress) -> list[dict[str, Any]]:
+    """Run the plan; a skipped server is not retried, nor one that failed to start twice."""
+    runs: list[dict[str, Any]] = []
+    gave_up: dict[str, tuple[str, str]] = {}
+    start_failures: dict[str, int] = {}
+    try:
+        for rep, workload, conc, target in order:
+            label = f"round {rep + 1}: {target.name} {workload} c={conc}"
+            if target.name in gave_up:
+                status, reason = gave_up[target.name]
+                record = runner.empty_record(target, workload, conc, rep)
+                record.update(status=status, reason=reason)
+                runs.append(record)
+                bar.finish(0.0, ran=False)
+                continue
+            bar.start(label)
+            record = runner.measure(target, workload, conc, settings, rep, cpus, use_perf)
+            runs.append(record)
+            bar.finish(record["wall_s"])
+            if record["status"] == "skipped":
+                gave_up[target.name] = ("skipped", record["reason"])
+                bar.note(f"bench: {target.name}: skipped: {record['reason']}")
+            elif record["status"] == "failed" and record["server_exit"] is None:
+                start_failures[target.name] = start_failures.get(target.name, 0) + 1
+                if start_failures[target.name] >= 2:
+                    gave_up[target.name] = ("failed", f"{record['reason']} (not retried)")
+                bar.note(f"bench: {label}: failed: {record['reason']}")
+            else:
+                start_failures[target.name] = 0
+                if record["status"] not in ("ok", "errors"):
+                    bar.note(f"bench: {label}: {record['status']}: {record['reason'][:150]}")
+    except KeyboardInterrupt:
+        bar.note("bench: interrupted; writing what was measured")
+    finally:
+        bar.close()
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m bench`` (dispatches ``compare``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "compare":
+        from bench import compare
+
+        return compare.main(args[1:])
+    return run(args)

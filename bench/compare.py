@@ -1,0 +1,109 @@
+"""``python -m bench compare OLD NEW``: what changed between two result sets.
+
+OLD and NEW are results directories or results.json files written by
+``python -m bench``. For every (server, workload, concurrency) measured in
+both, the table shows requests/s and p99 before and after, as a ratio and a
+percentage, and flags a change as significant only when it is larger than the
+noise the runs themselves measured: the new median must lie outside the old
+run's min..max range over its repeats and the old median outside the new range
+(with a single repeat there is no range, so a 10% threshold stands in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from tabulate import tabulate
+
+from bench.report import FAILED, fmt_rate, fmt_us, load_results
+
+FALLBACK_THRESHOLD = 0.10
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, int]:
+    return (r["server"], r["workload"], int(r["concurrency"]))
+
+
+def significant(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when the req/s change exceeds the spread measured over the repeats."""
+    a, b = old.get("requests_per_s"), new.get("requests_per_s")
+    if not a or not b:
+        return False
+    ranges = []
+    for r in (old, new):
+        lo, hi = r.get("requests_per_s_min"), r.get("requests_per_s_max")
+        if lo is not None and hi is not None and hi > lo:
+            ranges.append((lo, hi))
+        else:
+            ranges.append(None)
+    if ranges[0] is None and ranges[1] is None:
+        return abs(b / a - 1) > FALLBACK_THRESHOLD
+    outside_old = ranges[0] is None or not ranges[0][0] <= b <= ranges[0][1]
+    outside_new = ranges[1] is None or not ranges[1][0] <= a <= ranges[1][1]
+    if ranges[0] is None or ranges[1] is None:
+        return outside_old and outside_new and abs(b / a - 1) > FALLBACK_THRESHOLD / 2
+    return outside_old and outside_new
+
+
+def _pct(old: float | None, new: float | None) -> tuple[str, str]:
+    if not old or new is None:
+        return "-", "-"
+    return f"{new / old:.2f}x", f"{(new / old - 1) * 100:+.1f}%"
+
+
+def compare_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per cell present in both; failures shown as such."""
+    old_by = {_key(r): r for r in old}
+    rows = []
+    for r in new:
+        key = _key(r)
+        if key not in old_by:
+            continue
+        o = old_by[key]
+        if o["status"] in FAILED or r["status"] in FAILED:
+            rows.append([*map(str, key), o["status"], r["status"], "", "", "", "", "", "", ""])
+            continue
+        ratio, pct = _pct(o["requests_per_s"], r["requests_per_s"])
+        p99_old, p99_new = o["latency_us"].get("p99"), r["latency_us"].get("p99")
+        _, p99_pct = _pct(p99_old, p99_new)
+        flag = ""
+        if significant(o, r):
+            flag = "faster" if r["requests_per_s"] > o["requests_per_s"] else "SLOWER"
+        rows.append([key[0], key[1], str(key[2]), fmt_rate(o["requests_per_s"]),
+                     fmt_rate(r["requests_per_s"]), ratio, pct, fmt_us(p99_old),
+                     fmt_us(p99_new), p99_pct, flag])
+    return rows
+
+
+HEADERS = ["server", "workload", "c", "old req/s", "new req/s", "ratio", "change",
+           "old p99", "new p99", "p99 change", "beyond spread"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the comparison table; exit 2 when a result set cannot be read."""
+    parser = argparse.ArgumentParser(prog="python -m bench compare",
+                                     description="Compare two python -m bench result sets.")
+    parser.add_argument("old", help="results directory or results.json")
+    parser.add_argument("new", help="results directory or results.json")
+    parser.add_argument("--markdown", action="store_true", help="GitHub Markdown table")
+    options = parser.parse_args(argv)
+    try:
+        old, new = load_results(options.old), load_results(options.new)
+    except (OSError, ValueError) as exc:
+        print(f"python -m bench compare: error: cannot read results: {exc}", file=sys.stderr)
+        return 2
+    rows = compare_rows(old.get("runs", []), new.get("runs", []))
+    if not rows:
+        print("no (server, workload, concurrency) measured in both result sets")
+        return 0
+    for label, doc in (("old", old), ("new", new)):
+        meta = doc.get("meta", {})
+        print(f"{label}: {meta.get('started', '?')} git {meta.get('git', '?')} "
+              f"{meta.get('header_note', '')}".rstrip())
+    print(tabulate(rows, headers=HEADERS, tablefmt="github" if options.markdown else "simple",
+                   stralign="right"))
+    flagged = sum(1 for row in rows if row[-1])
+    print(f"\n{flagged} of {len(rows)} changes lie beyond the spread measured over the repeats")
+    return 0

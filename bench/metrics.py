@@ -1,0 +1,202 @@
+"""What a server costs while it serves: CPU, memory, context switches, system calls.
+
+Everything here looks at the server's whole process tree (the launched process
+and every descendant), because a forking or prefork server does its work in
+children:
+
+* :class:`TreeSampler` snapshots CPU seconds (user + system, plus the times of
+  children already reaped, so a forking server's short-lived children are
+  counted once reaped) and context switches at the start and end of the
+  measured window, and samples the tree's resident memory every 50 ms in a
+  background thread to find its peak.
+* :class:`SyscallCounter` runs ``perf stat -e raw_syscalls:sys_enter -p PIDS``
+  over the same window, where perf exists and may attach (detected once by
+  :func:`perf_available`); otherwise system calls are simply not reported.
+
+Per-request figures are computed by the runner from the window's length and
+the load generator's request rate, so the window need not line up exactly
+with the load generator's own measured interval.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+
+PERF_EVENT = "raw_syscalls:sys_enter"
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """The process ``pid`` and all of its live descendants (empty if it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+@dataclass
+class TreeSnapshot:
+    """Cumulative counters of a process tree at one instant."""
+
+    at: float
+    cpu_s: float
+    voluntary: int
+    involuntary: int
+    rss: int
+    pids: tuple[int, ...]
+
+
+def snapshot(pid: int) -> TreeSnapshot:
+    """Sum the tree's CPU times (reaped children included), context switches and RSS."""
+    cpu = 0.0
+    vol = invol = rss = 0
+    pids = []
+    for proc in tree(pid):
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                ctx = proc.num_ctx_switches()
+                mem = proc.memory_info()
+        except psutil.Error:
+            continue
+        cpu += times.user + times.system + times.children_user + times.children_system
+        vol += ctx.voluntary
+        invol += ctx.involuntary
+        rss += mem.rss
+        pids.append(proc.pid)
+    return TreeSnapshot(time.monotonic(), cpu, vol, invol, rss, tuple(pids))
+
+
+@dataclass
+class TreeUsage:
+    """The difference between two snapshots, plus the peak RSS seen in between."""
+
+    window_s: float
+    cpu_s: float
+    voluntary: int
+    involuntary: int
+    peak_rss: int
+
+
+class TreeSampler:
+    """Measure a process tree over a window: ``start()``, then ``stop()`` -> TreeUsage."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._first: TreeSnapshot | None = None
+
+    def start(self) -> TreeSnapshot:
+        """Take the opening snapshot and start sampling memory."""
+        self._first = snapshot(self.pid)
+        self._peak = self._first.rss
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self._first
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = 0
+            for proc in tree(self.pid):
+                try:
+                    rss += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self._peak = max(self._peak, rss)
+
+    def stop(self) -> TreeUsage:
+        """Take the closing snapshot and return the usage over the window."""
+        last = snapshot(self.pid)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        first = self._first or last
+        return TreeUsage(
+            window_s=max(last.at - first.at, 1e-9),
+            cpu_s=max(last.cpu_s - first.cpu_s, 0.0),
+            voluntary=max(last.voluntary - first.voluntary, 0),
+            involuntary=max(last.involuntary - first.involuntary, 0),
+            peak_rss=max(self._peak, last.rss),
+        )
+
+
+@functools.cache
+def perf_available() -> str | None:
+    """None when ``perf stat -e raw_syscalls:sys_enter`` works here, else why not."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return "perf not installed"
+    try:
+        done = subprocess.run(
+            [perf, "stat", "-x,", "-e", PERF_EVENT, "--", "true"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"perf failed: {exc}"
+    if done.returncode != 0 or _parse_perf(done.stderr) is None:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"perf cannot count {PERF_EVENT}: {tail[:120]}"
+    return None
+
+
+def _parse_perf(text: str) -> int | None:
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) >= 3 and PERF_EVENT in fields[2]:
+            if fields[0].strip() == "<not counted>":  # the tasks never ran in the window
+                return 0
+            try:
+                return int(float(fields[0]))
+            except ValueError:
+                return None
+    return None
+
+
+class SyscallCounter:
+    """Count the system calls of a set of processes (and their new children) via perf."""
+
+    def __init__(self, pids: tuple[int, ...]) -> None:
+        self.pids = pids
+        self._proc: subprocess.Popen[str] | None = None
+        self._started = 0.0
+
+    def start(self) -> bool:
+        """Attach perf; False when perf is unavailable or nothing to attach to."""
+        if perf_available() is not None or not self.pids:
+            return False
+        try:
+            self._proc = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", PERF_EVENT, "-p", ",".join(map(str, self.pids))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+        except OSError:
+            self._proc = None
+            return False
+        self._started = time.monotonic()
+        return True
+
+    def stop(self) -> tuple[int, float] | None:
+        """Detach perf; return (system calls counted, seconds attached) or None."""
+        if self._proc is None:
+            return None
+        window = time.monotonic() - self._started
+        try:
+            self._proc.send_signal(signal.SIGINT)
+            _, err = self._proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            return None
+        count = _parse_perf(err)
+        return None if count is None else (count, window)

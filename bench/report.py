@@ -1,0 +1,483 @@
+"""Turn run records into results: aggregates, tables, a ranking, files and plots.
+
+* :func:`aggregate` folds the repeats of one (server, workload, concurrency)
+  into one result: the median requests/s with its spread (min, max, and the
+  half-range as a percentage of the median), the median of each latency
+  percentile (max: the largest seen), errors summed, the median per-request
+  costs, the peak RSS, and a status that keeps the worst failure's reason.
+* :func:`throughput_table` renders one workload (rows: servers, columns:
+  concurrency, best marked); :func:`cost_table` the per-request costs that
+  explain the differences (CPU us, system calls and context switches per
+  request); :func:`ranking` orders the servers.
+* :func:`write_outputs` writes results.json, results.csv, summary.md and the
+  plots (matplotlib, Agg backend) into the output directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+from tabulate import tabulate
+
+LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
+FAILED = ("failed", "timeout", "skipped")
+STATUS_ORDER = ("skipped", "failed", "timeout", "unclean-exit", "errors", "ok")
+LEGEND = ("* best in column   ! errors counted   c client-bound (load generator's core "
+          "saturated: a floor, not the server's limit)   x unclean exit   ±: half the range "
+          "over the repeats")
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    data = [v for v in values if v is not None]
+    return float(statistics.median(data)) if data else None
+
+
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per (server, workload, concurrency), in first-seen order."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["server"], run["workload"], run["concurrency"]), []).append(run)
+    return [_fold(key, group) for key, group in groups.items()]
+
+
+def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, Any]:
+    server, workload, concurrency = key
+    measured = [r for r in group if r.get("requests_per_s") is not None]
+    worst = min(group, key=lambda r: STATUS_ORDER.index(r["status"]))
+    status = worst["status"]
+    if measured and status in FAILED and len(measured) < len(group):
+        status = "partial"
+    reasons = []
+    for run in group:
+        if run.get("reason") and run["reason"] not in reasons:
+            reasons.append(run["reason"])
+    rps = [r["requests_per_s"] for r in measured]
+    med = _median(rps)
+    spread = None
+    if med and len(rps) > 1:
+        spread = (max(rps) - min(rps)) / 2 / med * 100
+    errors: dict[str, int] = {}
+    for run in group:
+        for kind, count in (run.get("errors") or {}).items():
+            errors[kind] = errors.get(kind, 0) + int(count or 0)
+    latency = {k: _median(r["latency_us"].get(k) for r in measured) for k in LATENCY_KEYS}
+    maxes = [r["latency_us"].get("max") for r in measured if r["latency_us"].get("max")]
+    latency["max"] = max(maxes) if maxes else None
+    util = _median(r.get("client_cpu_util") for r in measured)
+    rss = [r["server_rss_bytes"] for r in measured if r.get("server_rss_bytes")]
+    result = {
+        "server": server, "workload": workload, "concurrency": concurrency,
+        "status": status, "reason": "; ".join(reasons)[:500],
+        "repeats": len(group), "measured_repeats": len(measured),
+        "requests_per_s": med,
+        "requests_per_s_min": min(rps) if rps else None,
+        "requests_per_s_max": max(rps) if rps else None,
+        "spread_pct": spread,
+        "latency_us": latency,
+        "errors": errors, "errors_total": sum(errors.values()),
+        "server_cpu_s": _median(r.get("server_cpu_s") for r in measured),
+        "server_cpu_util": _median(r.get("server_cpu_util") for r in measured),
+        "server_cpu_s_per_10k": _median(r.get("server_cpu_s_per_10k") for r in measured),
+        "cpu_us_per_req": _median(r.get("cpu_us_per_req") for r in measured),
+        "syscalls_per_req": _median(r.get("syscalls_per_req") for r in measured),
+        "ctx_per_req": _median(r.get("ctx_per_req") for r in measured),
+        "ctx_voluntary": _median(r.get("ctx_voluntary") for r in measured),
+        "ctx_involuntary": _median(r.get("ctx_involuntary") for r in measured),
+        "server_rss_bytes": max(rss) if rss else None,
+        "client_cpu_util": util,
+        "client_bound": bool(util is not None and util >= 0.9),
+        "server_exit": sorted({str(r.get("server_exit")) for r in group}),
+        "samples": group,
+    }
+    return result
+
+
+# -- formatting --------------------------------------------------------------------------
+
+
+def fmt_rate(value: float | None) -> str:
+    """12345.6 -> '12.3k'."""
+    if value is None:
+        return "-"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:.1f}k"
+    if value >= 1e3:
+        return f"{value / 1e3:.2f}k"
+    return f"{value:.0f}"
+
+
+def fmt_us(value: float | None) -> str:
+    """Microseconds, shortened: 950 -> '950us', 12345 -> '12.3ms'."""
+    if value is None:
+        return "-"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}s"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f}ms"
+    return f"{value:.0f}us"
+
+
+def fmt_num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _usable(result: dict[str, Any]) -> bool:
+    """A result that may be compared: measured, no errors, no failure."""
+    return result["status"] in ("ok", "unclean-exit") and result["requests_per_s"] is not None
+
+
+def _index(results: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    return {(r["server"], r["workload"], r["concurrency"]): r for r in results}
+
+
+def _order(values: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def workloads_of(results: list[dict[str, Any]]) -> list[str]:
+    return _order(r["workload"] for r in results)
+
+
+def servers_of(results: list[dict[str, Any]]) -> list[str]:
+    return _order(r["server"] for r in results)
+
+
+def concurrencies_of(results: list[dict[str, Any]], workload: str | None = None) -> list[int]:
+    return sorted({r["concurrency"] for r in results if workload in (None, r["workload"])})
+
+
+def cell_text(result: dict[str, Any] | None, best: bool, markdown: bool = False) -> str:
+    """The table cell of one result: rate, spread and markers, or why there is none."""
+    if result is None:
+        return "n/a"
+    status = result["status"]
+    if status in FAILED:
+        return {"failed": "FAIL", "timeout": "TIMEOUT", "skipped": "skip"}[status]
+    text = fmt_rate(result["requests_per_s"])
+    if result.get("spread_pct") is not None:
+        text += f" ±{result['spread_pct']:.0f}%"
+    marks = ""
+    if result["errors_total"] or status == "partial":
+        marks += "!"
+    if result["client_bound"]:
+        marks += "c"
+    if status == "unclean-exit":
+        marks += "x"
+    if best:
+        text = f"**{text}**" if markdown else "*" + text
+    return text + marks
+
+
+def best_by_column(results: list[dict[str, Any]], workload: str) -> dict[int, str]:
+    """For each concurrency the server with the highest usable requests/s."""
+    best: dict[int, tuple[float, str]] = {}
+    for r in results:
+        if r["workload"] != workload or not _usable(r):
+            continue
+        c = r["concurrency"]
+        if c not in best or r["requests_per_s"] > best[c][0]:
+            best[c] = (r["requests_per_s"], r["server"])
+    return {c: name for c, (_, name) in best.items()}
+
+
+def throughput_table(results: list[dict[str, Any]], workload: str, fmt: str = "simple") -> str:
+    """Requests/s of every server (rows) at every concurrency (columns), best marked."""
+    index = _index(results)
+    concs = concurrencies_of(results, workload)
+    best = best_by_column(results, workload)
+    markdown = fmt in ("github", "pipe")
+    rows = []
+    for server in servers_of(results):
+        if not any((server, workload, c) in index for c in concs):
+            continue
+        rows.append([server] + [
+            cell_text(index.get((server, workload, c)), best.get(c) == server, markdown)
+            for c in concs])
+    headers = ["server"] + [f"c={c}" for c in concs]
+    return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
+
+
+def latency_table(results: list[dict[str, Any]], workload: str, key: str = "p99",
+                  fmt: str = "simple") -> str:
+    """One latency percentile of every server at every concurrency."""
+    index = _index(results)
+    concs = concurrencies_of(results, workload)
+    rows = []
+    for server in servers_of(results):
+        row = [server]
+        for c in concs:
+            r = index.get((server, workload, c))
+            if r is None:
+                row.append("n/a")
+            elif r["status"] in FAILED:
+                row.append(cell_text(r, False))
+            else:
+                row.append(fmt_us(r["latency_us"].get(key)))
+        if len(row) > 1 and any(cell != "n/a" for cell in row[1:]):
+            rows.append(row)
+    return tabulate(rows, headers=["server"] + [f"c={c}" for c in concs], tablefmt=fmt,
+                    stralign="right")
+
+
+def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
+               fmt: str = "simple") -> str:
+    """Per-request costs at one concurrency, fastest first: why one server is faster."""
+    rows = []
+    chosen = [r for r in results if r["workload"] == workload and r["concurrency"] == concurrency]
+    chosen.sort(key=lambda r: -(r["requests_per_s"] or 0) if r["status"] not in FAILED else 1)
+    for r in chosen:
+        lat = r["latency_us"]
+        rss = r["server_rss_bytes"]
+        rows.append([
+            r["server"], fmt_rate(r["requests_per_s"]) if r["status"] not in FAILED else "-",
+            fmt_us(lat.get("p50")), fmt_us(lat.get("p99")),
+            fmt_num(r["cpu_us_per_req"]), fmt_num(r["syscalls_per_req"], 2),
+            fmt_num(r["ctx_per_req"], 3),
+            fmt_num(None if r["server_cpu_util"] is None else 100 * r["server_cpu_util"], 0),
+            fmt_num(None if rss is None else rss / 2**20, 1),
+            "yes" if r["client_bound"] else "",
+            r["status"] + (f": {r['reason'][:60]}" if r["status"] != "ok" and r["reason"] else ""),
+        ])
+    headers = ["server", "req/s", "p50", "p99", "CPU us/req", "syscalls/req", "ctxsw/req",
+               "srv CPU %", "RSS MiB", "client-bound", "status"]
+    return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
+
+
+def reference_concurrency(results: list[dict[str, Any]], workload: str) -> int | None:
+    """The concurrency the cost table uses: 100 when measured, else the largest."""
+    concs = concurrencies_of(results, workload)
+    if not concs:
+        return None
+    return 100 if 100 in concs else concs[-1]
+
+
+def ranking(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Servers ordered by score: the mean over all cells of req/s relative to the best.
+
+    A failed cell, or one with errors, scores 0, so a server that only looks fast
+    because it dropped clients does not win.
+    """
+    best: dict[tuple[str, int], float] = {}
+    for r in results:
+        if _usable(r):
+            key = (r["workload"], r["concurrency"])
+            best[key] = max(best.get(key, 0.0), r["requests_per_s"])
+    rows: dict[str, dict[str, Any]] = {}
+    for r in results:
+        key = (r["workload"], r["concurrency"])
+        if key not in best or r["status"] == "skipped":
+            continue
+        row = rows.setdefault(r["server"], {"server": r["server"], "cells": 0, "wins": 0,
+                                            "per_workload": {}, "sum": 0.0})
+        share = r["requests_per_s"] / best[key] if _usable(r) else 0.0
+        row["cells"] += 1
+        row["sum"] += share
+        row["wins"] += share >= 1.0
+        row["per_workload"].setdefault(r["workload"], []).append(share)
+    out = []
+    for row in rows.values():
+        out.append({
+            "server": row["server"], "score": row["sum"] / row["cells"], "wins": row["wins"],
+            "cells": row["cells"],
+            "per_workload": {w: sum(v) / len(v) for w, v in row["per_workload"].items()},
+        })
+    out.sort(key=lambda r: -r["score"])
+    for rank, row in enumerate(out, 1):
+        row["rank"] = rank
+    return out
+
+
+def ranking_table(rank: list[dict[str, Any]], workloads: list[str], fmt: str = "simple") -> str:
+    rows = [[r["rank"], r["server"], f"{100 * r['score']:.0f}%", f"{r['wins']}/{r['cells']}"]
+            + [f"{100 * r['per_workload'][w]:.0f}%" if w in r["per_workload"] else "-"
+               for w in workloads] for r in rank]
+    headers = ["#", "server", "score", "best in"] + workloads
+    return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
+
+
+def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
+    """Everything printed at the end of a run: per-workload tables, costs, ranking."""
+    parts = []
+    if header_note:
+        parts.append(header_note)
+    for workload in workloads_of(results):
+        parts.append(f"== {workload}: requests/s (median of repeats) ==")
+        parts.append(throughput_table(results, workload))
+        ref = reference_concurrency(results, workload)
+        if ref is not None:
+            parts.append(f"-- {workload} at c={ref}: cost per request (why) --")
+            parts.append(cost_table(results, workload, ref))
+        parts.append("")
+    parts.append(LEGEND)
+    rank = ranking(results)
+    if rank:
+        parts.append("")
+        parts.append("== ranking (mean share of the best req/s per cell; errors or failure = 0) ==")
+        parts.append(ranking_table(rank, workloads_of(results)))
+    failures = [r for r in results if r["status"] not in ("ok",) and r["reason"]]
+    if failures:
+        parts.append("")
+        parts.append("== not clean ==")
+        for r in failures:
+            parts.append(f"  {r['server']} {r['workload']} c={r['concurrency']}: "
+                         f"{r['status']}: {r['reason'][:160]}")
+    return "\n".join(parts)
+
+
+def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """summary.md: the tables as GitHub Markdown, ready to paste into a note."""
+    settings = meta.get("settings", {})
+    lines = ["# tcp-zoo benchmark", ""]
+    if meta.get("header_note"):
+        lines += [f"> {meta['header_note']}", ""]
+    lines += [
+        f"- machine: {meta.get('machine', {}).get('cpu_model', '?')}, "
+        f"{meta.get('machine', {}).get('cpus', '?')} CPUs; kernel "
+        f"{meta.get('kernel', '?')}; Python {meta.get('python', '?').split()[0]}",
+        f"- server cores {meta.get('server_cpus')}, load generator cores "
+        f"{meta.get('client_cpus')}; system calls: {meta.get('perf') or 'perf'}",
+        f"- duration {settings.get('duration')} s, warm-up {settings.get('warmup')} s, "
+        f"repeats {settings.get('repeat')} (round robin), idle {settings.get('idle')}, "
+        f"rate {settings.get('rate') or 'closed loop'}, size {settings.get('size')} B; "
+        f"wall time {meta.get('wall_s', 0):.0f} s",
+        "", LEGEND, "",
+    ]
+    for workload in workloads_of(results):
+        lines += [f"## {workload}", "", "### requests/s", "",
+                  throughput_table(results, workload, "github"), "",
+                  "### p99 latency", "", latency_table(results, workload, "p99", "github"), ""]
+        for c in concurrencies_of(results, workload):
+            lines += [f"### cost per request at c={c}", "",
+                      cost_table(results, workload, c, "github"), ""]
+    rank = ranking(results)
+    if rank:
+        lines += ["## ranking", "", "Score: mean over all cells of the server's req/s as a "
+                  "share of the best in that cell (errors or failure count 0).", "",
+                  ranking_table(rank, workloads_of(results), "github"), ""]
+    plots = meta.get("plots") or []
+    if plots:
+        lines += ["## plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = (
+    "server", "workload", "concurrency", "status", "reason", "repeats", "requests_per_s",
+    "requests_per_s_min", "requests_per_s_max", "spread_pct", "p50_us", "p90_us", "p99_us",
+    "p999_us", "max_us", "errors_total", "server_cpu_s", "server_cpu_s_per_10k",
+    "cpu_us_per_req", "syscalls_per_req", "ctx_per_req", "ctx_voluntary", "ctx_involuntary",
+    "server_rss_bytes", "client_cpu_util", "client_bound",
+)
+
+
+def write_csv(path: str, results: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in results:
+            row = dict(r)
+            for key in LATENCY_KEYS:
+                row[f"{key}_us"] = r["latency_us"].get(key)
+            writer.writerow(row)
+
+
+def plot(results: list[dict[str, Any]], out_dir: str, note: str = "") -> list[str]:
+    """Throughput against concurrency and latency percentiles, one PNG each per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for workload in workloads_of(results):
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for server in servers_of(results):
+            points = sorted((r["concurrency"], r["requests_per_s"]) for r in results
+                            if r["workload"] == workload and r["server"] == server
+                            and r["requests_per_s"] is not None and r["status"] not in FAILED)
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=server)
+        ax.set_xscale("log")
+        ax.set_xlabel("concurrent connections")
+        ax.set_ylabel("requests/s (median)")
+        ax.set_title(f"{workload}: throughput vs concurrency" + (f"\n{note}" if note else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8, ncol=2)
+        name = f"throughput_{workload}.png"
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=100)
+        plt.close(fig)
+        written.append(name)
+
+        ref = reference_concurrency(results, workload)
+        chosen = [r for r in results if r["workload"] == workload and r["concurrency"] == ref
+                  and r["status"] not in FAILED and r["latency_us"].get("p50")]
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        width = 0.8 / 4
+        for i, key in enumerate(("p50", "p90", "p99", "p999")):
+            xs = [j + (i - 1.5) * width for j in range(len(chosen))]
+            ax.bar(xs, [r["latency_us"].get(key) or 0 for r in chosen], width, label=key)
+        ax.set_xticks(range(len(chosen)))
+        ax.set_xticklabels([r["server"] for r in chosen], rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (us)")
+        ax.set_title(f"{workload}: latency percentiles at c={ref}" + (f"\n{note}" if note else ""))
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        if chosen:
+            ax.legend(fontsize=8)
+        name = f"latency_{workload}.png"
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=100)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_outputs(out_dir: str, runs: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Write results.json, results.csv, summary.md and the plots; return the file names."""
+    os.makedirs(out_dir, exist_ok=True)
+    results = aggregate(runs)
+    try:
+        plots = plot(results, out_dir, meta.get("header_note", ""))
+    except Exception as exc:  # plotting must never lose the measurements
+        plots = []
+        meta["plot_error"] = repr(exc)
+    meta["plots"] = plots
+    document = {"format": "tcp-zoo-bench/1", "meta": meta, "runs": results,
+                "ranking": ranking(results)}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(_jsonable(document), f, indent=1)
+    write_csv(os.path.join(out_dir, "results.csv"), results)
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(summary_markdown(results, meta))
+    return ["results.json", "results.csv", "summary.md", *plots]
+
+
+def load_results(path: str) -> dict[str, Any]:
+    """A results.json (or the directory holding one) as written by write_outputs."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.json")
+    with open(path) as f:
+        return json.load(f)

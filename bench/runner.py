@@ -1,0 +1,443 @@
+"""One measured run: start a server, pin it, load it, measure it, stop it.
+
+:func:`measure` is the unit the harness repeats. For one server, workload and
+concurrency it
+
+1. starts the server through its registry argv (``python <argv> --proto P
+   --port 0``) on the server's cores, and waits (bounded) for the readiness
+   line ``listening on HOST:PORT``; exit status 3 means "skipped" (a kernel
+   module that cannot be loaded here) and the server's one-line reason is kept;
+2. starts the native load generator as a subprocess on the other cores
+   (``python -m bench.loadgen ... --warmup W -d D --json``), with one client
+   thread per client core;
+3. once the warm-up is over, opens a measurement window on the server's whole
+   process tree (CPU, context switches, peak RSS, and system calls through
+   perf) that closes shortly before the load generator's own window ends;
+4. stops the server with SIGTERM and checks that it exits with status 0 within
+   2 s (otherwise the tree is killed and the run says so).
+
+Every wait is bounded, so a server that hangs, crashes or never answers gives
+a failed run with a reason, never a hung harness. A fresh server process is
+started for every run: each repeat is an independent sample (start-up effects
+included in the spread, nothing carried over from an earlier concurrency or
+from a crash), only one server is alive at any time, and start-up costs about
+0.1 s, a small price next to the run itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from bench import metrics
+
+READY_TIMEOUT = 10.0
+STOP_GRACE = 2.0
+SKIP_EXIT = 3
+CLIENT_BOUND_UTIL = 0.9
+LOADGEN_START_S = 0.15  # python start-up + connect before the load generator's warm-up ends
+WINDOW_TAIL_S = 0.1  # the window closes this long before the load generator stops
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
+ERROR_KINDS = ("refused", "reset", "timeout", "short", "wrong", "status", "other")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run of one harness invocation shares."""
+
+    duration: float = 1.0
+    warmup: float = 0.25
+    idle: int = 0
+    rate: float | None = None
+    size: int = 64
+    pipeline: int = 1
+    workers: int | None = None
+    timeout: float = 2.0
+    server_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to start one server: a name, the argv after ``python``, and its kind."""
+
+    name: str
+    argv: tuple[str, ...]
+    kind: str = "python"
+    protocols: tuple[str, ...] = ("echo", "http")
+    concurrent: bool = True
+
+
+def protocol_of(workload: str) -> str:
+    """The server protocol a load generator workload speaks."""
+    return "echo" if workload.startswith("echo") else "http"
+
+
+def split_cpus() -> tuple[list[int], list[int]]:
+    """(server cores, client cores): halves of this process's CPUs; both all CPUs on one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return cpus, cpus
+    half = len(cpus) // 2
+    return cpus[:half], cpus[half:]
+
+
+def _pinned(argv: list[str], cpus: list[int] | None) -> list[str]:
+    if cpus and shutil.which("taskset"):
+        return ["taskset", "-c", ",".join(map(str, cpus)), *argv]
+    return argv
+
+
+class StartFailure(Exception):
+    """The server did not become ready; ``skipped`` when it exited with status 3."""
+
+    def __init__(self, reason: str, skipped: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.skipped = skipped
+
+
+@dataclass
+class Server:
+    """A started server process and where it listens."""
+
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    stdout_path: str
+    stderr_path: str
+    descendants: list[psutil.Process] = field(default_factory=list)
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        try:
+            with open(self.stderr_path, "rb") as f:
+                text = f.read()[-4000:].decode(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace: float = STOP_GRACE) -> str:
+        """SIGTERM, wait ``grace`` s; return "clean" or what went wrong (tree killed)."""
+        self.descendants = metrics.tree(self.proc.pid)[1:]
+        if self.proc.poll() is not None:
+            outcome = _exit_text(self.proc.returncode, before_stop=True)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(grace)
+                outcome = "clean" if code == 0 else _exit_text(code)
+            except subprocess.TimeoutExpired:
+                outcome = f"still running {grace:g} s after SIGTERM (killed)"
+        left = self._kill_leftovers()
+        if left and outcome == "clean":
+            outcome = f"{left} child process(es) left running after exit (killed)"
+        self._cleanup()
+        return outcome
+
+    def _kill_leftovers(self) -> int:
+        left = 0
+        procs = list(self.descendants)
+        if self.proc.poll() is None:
+            procs.append(psutil.Process(self.proc.pid))
+        for proc in procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    left += proc.pid != self.proc.pid
+                    proc.kill()
+            except psutil.Error:
+                pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        return left
+
+    def _cleanup(self) -> None:
+        for path in (self.stdout_path, self.stderr_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _exit_text(code: int, before_stop: bool = False) -> str:
+    what = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    return f"exited on its own ({what})" if before_stop else what
+
+
+def start_server(
+    target: Target,
+    protocol: str,
+    settings: Settings,
+    cpus: list[int] | None,
+    ready_timeout: float = READY_TIMEOUT,
+) -> Server:
+    """Start ``target`` and wait for its readiness line; raise StartFailure otherwise."""
+    argv = [sys.executable, *target.argv, "--proto", protocol, "--port", "0"]
+    if settings.workers:
+        argv += ["--workers", str(settings.workers)]
+    argv += list(settings.server_args)
+    out_fd, out_path = tempfile.mkstemp(prefix="bench-srv-", suffix=".out")
+    err_fd, err_path = tempfile.mkstemp(prefix="bench-srv-", suffix=".err")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    try:
+        proc = subprocess.Popen(
+            _pinned(argv, cpus), stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
+            cwd=REPO, env=env, start_new_session=True,
+        )
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+    server = Server(proc, "", 0, out_path, err_path)
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        with open(out_path, "rb") as f:
+            first = f.readline()
+        if first.endswith(b"\n"):
+            text = first.decode(errors="replace").strip()
+            host, _, port = text.removeprefix("listening on ").rpartition(":")
+            if text.startswith("listening on ") and port.isdigit():
+                server.host = host.strip("[]")
+                server.port = int(port)
+                if server.host in ("0.0.0.0", "", "::"):
+                    server.host = "127.0.0.1"
+                return server
+            reason = f"unexpected readiness line {text[:80]!r}"
+            server.stop()
+            raise StartFailure(reason)
+        code = proc.poll()
+        if code is not None:
+            tail = server.stderr_tail(1) or "no message"
+            server.stop()
+            if code == SKIP_EXIT:
+                raise StartFailure(tail, skipped=True)
+            raise StartFailure(f"exited before ready ({_exit_text(code)}): {tail}")
+        if time.monotonic() > deadline:
+            tail = server.stderr_tail(1)
+            server.stop(grace=0.5)
+            why = f"not ready within {ready_timeout:g} s"
+            raise StartFailure(why + (f": {tail}" if tail else ""))
+        time.sleep(0.01)
+
+
+def loadgen_argv(
+    host: str, port: int, workload: str, connections: int, settings: Settings,
+    threads: int, *, duration: float | None = None, requests: int | None = None,
+    warmup: float | None = None,
+) -> list[str]:
+    """The command line of one load generator run (JSON on stdout)."""
+    argv = [
+        sys.executable, "-m", "bench.loadgen", "--target", f"{host}:{port}",
+        "--workload", workload, "-c", str(connections), "--threads", str(threads),
+        "--size", str(settings.size), "--timeout", f"{settings.timeout:g}", "--json",
+    ]
+    if duration is not None:
+        argv += ["-d", f"{duration:g}"]
+    if requests is not None:
+        argv += ["--requests", str(requests)]
+    wu = settings.warmup if warmup is None else warmup
+    if wu > 0:
+        argv += ["--warmup", f"{wu:g}"]
+    if settings.rate:
+        argv += ["--rate", f"{settings.rate:g}"]
+    if settings.idle:
+        argv += ["--idle", str(settings.idle)]
+    if workload == "http-pipeline":
+        argv += ["--pipeline", str(settings.pipeline)]
+    return argv
+
+
+def start_loadgen(argv: list[str], cpus: list[int] | None) -> subprocess.Popen[str]:
+    """Start the load generator pinned to ``cpus``; stdout is its JSON result."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen(
+        _pinned(argv, cpus), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, start_new_session=True,
+    )
+
+
+def finish_loadgen(
+    proc: subprocess.Popen[str], timeout: float,
+) -> tuple[dict[str, Any] | None, str]:
+    """Wait (bounded) for the load generator; (result, "") or (None, why not)."""
+    try:
+        out, err = proc.communicate(timeout=max(timeout, 0.1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None, f"load generator did not finish within {timeout:.0f} s (killed)"
+    if proc.returncode != 0:
+        tail = " | ".join(err.strip().splitlines()[-2:]) or "no message"
+        return None, f"load generator failed (status {proc.returncode}): {tail[:200]}"
+    try:
+        return json.loads(out.strip().splitlines()[-1]), ""
+    except (ValueError, IndexError):
+        return None, f"load generator printed no JSON: {out[-200:]!r}"
+
+
+def error_reason(errors: dict[str, int]) -> str:
+    """'reset 12, timeout 3' from an error count dict."""
+    return ", ".join(f"{kind} {count}" for kind, count in errors.items() if count)
+
+
+def empty_record(target: Target, workload: str, concurrency: int, repeat: int) -> dict[str, Any]:
+    """A run record with every key present and nothing measured."""
+    return {
+        "server": target.name, "workload": workload, "concurrency": concurrency,
+        "repeat": repeat, "status": "failed", "reason": "", "requests": 0,
+        "requests_per_s": None, "latency_us": dict.fromkeys(LATENCY_KEYS),
+        "latency_mean_us": None, "errors": dict.fromkeys(ERROR_KINDS, 0), "errors_total": 0,
+        "server_cpu_s": None, "server_cpu_util": None, "server_cpu_s_per_10k": None,
+        "cpu_us_per_req": None, "server_rss_bytes": None, "ctx_voluntary": None,
+        "ctx_involuntary": None, "ctx_per_req": None, "syscalls": None,
+        "syscalls_per_req": None, "client_cpu_util": None, "client_bound": False,
+        "server_exit": None, "window_s": None, "duration_s": None, "wall_s": 0.0,
+    }
+
+
+def measure(
+    target: Target,
+    workload: str,
+    concurrency: int,
+    settings: Settings,
+    repeat: int = 0,
+    cpus: tuple[list[int], list[int]] | None = None,
+    use_perf: bool = True,
+) -> dict[str, Any]:
+    """Run ``workload`` at ``concurrency`` against a fresh ``target``; one run record."""
+    began = time.monotonic()
+    record = empty_record(target, workload, concurrency, repeat)
+    server_cpus, client_cpus = cpus or split_cpus()
+    try:
+        server = start_server(target, protocol_of(workload), settings, server_cpus)
+    except StartFailure as exc:
+        record["status"] = "skipped" if exc.skipped else "failed"
+        record["reason"] = exc.reason
+        record["wall_s"] = time.monotonic() - began
+        return record
+    try:
+        _load_and_measure(server, target, workload, concurrency, settings, client_cpus,
+                          use_perf, record)
+    finally:
+        outcome = server.stop()
+        record["server_exit"] = outcome
+        if outcome != "clean" and record["status"] in ("ok", "errors"):
+            record["status"] = "unclean-exit"
+            record["reason"] = "; ".join(r for r in (f"server {outcome}", record["reason"]) if r)
+    record["wall_s"] = time.monotonic() - began
+    return record
+
+
+def _window(
+    server: Server, loadgen: subprocess.Popen[str], lead: float, span: float, use_perf: bool,
+) -> tuple[metrics.TreeUsage, tuple[int, float] | None, float | None]:
+    """Wait out the warm-up, then measure the server tree until the window closes."""
+    sampler = metrics.TreeSampler(server.proc.pid)
+    counter: metrics.SyscallCounter | None = None
+    time.sleep(lead)
+    opened = sampler.start()
+    try:
+        if use_perf:
+            counter = metrics.SyscallCounter(opened.pids)
+            counter.start()
+        died_at = None
+        deadline = time.monotonic() + span
+        while time.monotonic() < deadline:
+            if not server.alive():
+                died_at = time.monotonic()
+                break
+            if loadgen.poll() is not None:
+                break
+            time.sleep(0.02)
+    finally:
+        usage = sampler.stop()
+        syscalls = counter.stop() if counter else None
+    return usage, syscalls, died_at
+
+
+def _load_and_measure(
+    server: Server, target: Target, workload: str, concurrency: int, settings: Settings,
+    client_cpus: list[int], use_perf: bool, record: dict[str, Any],
+) -> None:
+    argv = loadgen_argv(server.host, server.port, workload, concurrency, settings,
+                        threads=max(1, len(client_cpus)), duration=settings.duration)
+    lead = settings.warmup + LOADGEN_START_S
+    span = max(settings.duration - WINDOW_TAIL_S, settings.duration * 0.5)
+    started = time.monotonic()
+    loadgen = start_loadgen(argv, client_cpus)
+    try:
+        usage, syscalls, died_at = _window(server, loadgen, lead, span, use_perf)
+    except BaseException:
+        if loadgen.poll() is None:
+            os.killpg(loadgen.pid, signal.SIGKILL)
+            loadgen.wait()
+        raise
+    bound = settings.warmup + settings.duration + settings.timeout + 15.0
+    result, problem = finish_loadgen(loadgen, started + bound - time.monotonic())
+    if result is None:
+        record["reason"] = problem
+        record["status"] = "timeout" if "did not finish" in problem else "failed"
+        return
+    lat = result["latency_us"]
+    rps = float(result["requests_per_s"])
+    record.update(
+        requests=result["requests"], requests_per_s=rps,
+        latency_us={key: lat.get(key) for key in LATENCY_KEYS},
+        latency_mean_us=lat.get("mean"), errors=dict(result["errors"]),
+        errors_total=result["errors_total"], duration_s=result["duration_s"],
+        client_cpu_util=result["client_cpu_util"],
+        client_bound=bool(result["client_cpu_util"] >= CLIENT_BOUND_UTIL),
+        window_s=usage.window_s, server_rss_bytes=usage.peak_rss,
+    )
+    served = rps * usage.window_s
+    if target.kind != "kernel":  # in-kernel work belongs to no process of the tree
+        record.update(
+            server_cpu_s=usage.cpu_s, server_cpu_util=usage.cpu_s / usage.window_s,
+            ctx_voluntary=usage.voluntary, ctx_involuntary=usage.involuntary,
+        )
+        if served > 0:
+            record.update(
+                server_cpu_s_per_10k=usage.cpu_s / served * 1e4,
+                cpu_us_per_req=usage.cpu_s / served * 1e6,
+                ctx_per_req=(usage.voluntary + usage.involuntary) / served,
+            )
+    if syscalls is not None:
+        count, window = syscalls
+        record["syscalls"] = count
+        if rps > 0:
+            record["syscalls_per_req"] = count / (rps * window)
+    if died_at is not None or not server.alive():
+        code = server.proc.poll()
+        record["status"] = "failed"
+        record["reason"] = f"server died during the run ({_exit_text(code or 0)})"
+        if result["errors_total"]:
+            record["reason"] += f"; errors: {error_reason(result['errors'])}"
+        return
+    if result["requests"] == 0:
+        record["status"] = "failed"
+        record["reason"] = "no request completed" + (
+            f"; errors: {error_reason(result['errors'])}" if result["errors_total"] else "")
+        return
+    if result["errors_total"]:
+        record["status"] = "errors"
+        record["reason"] = error_reason(result["errors"])
+        return
+    record["status"] = "ok"

@@ -1,0 +1,116 @@
+"""Tests of the benchmark harness as a measuring instrument.
+
+Against small faulty servers (tests/fixtures/faulty_server.py) the harness
+must count wrong answers as errors, measure a known delay, show a stall in
+open loop that closed loop hides, and report a crash instead of hanging; and
+``python -m bench --quick`` must write every output file with the documented
+keys. Needs the native load generator (``bench._loadgen``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import report, runner
+
+try:
+    from bench import _loadgen  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the build
+    pytest.skip(f"bench._loadgen not importable: {exc}", allow_module_level=True)
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "faulty_server.py")
+REQUIRED = ("server", "workload", "concurrency", "requests_per_s", "latency_us", "errors",
+            "server_cpu_s", "server_rss_bytes", "client_bound")
+
+
+def faulty(mode: str, *extra: str) -> runner.Target:
+    return runner.Target(f"faulty-{mode}", (FIXTURE, "--mode", mode, *extra), protocols=("echo",))
+
+
+def measure(target: runner.Target, concurrency: int, **settings: object) -> dict:
+    values = {"duration": 1.0, "warmup": 0.1, "timeout": 5.0, **settings}
+    return runner.measure(target, "echo", concurrency, runner.Settings(**values),  # type: ignore[arg-type]
+                          use_perf=False)
+
+
+def test_wrong_bytes_are_counted_as_errors() -> None:
+    record = measure(faulty("wrong"), 4, duration=0.5)
+    assert record["errors"]["wrong"] > 0, record
+    assert record["status"] in ("errors", "failed"), record
+    assert "wrong" in record["reason"]
+
+
+def test_known_delay_is_measured() -> None:
+    record = measure(faulty("delay", "--delay-ms", "20"), 2)
+    assert record["status"] == "ok", record
+    p50 = record["latency_us"]["p50"]
+    assert 18_000 <= p50 <= 22_000, f"p50 {p50} us for a 20 ms delay"
+    # closed loop, 2 connections, 20 ms each: ~100 req/s
+    assert 70 <= record["requests_per_s"] <= 105, record["requests_per_s"]
+
+
+def test_open_loop_shows_a_stall_that_closed_loop_hides() -> None:
+    stall = ("--stall-after", "0.6", "--stall-s", "1.0")
+    opened = measure(faulty("stall", *stall), 2, duration=2.5, warmup=0.0, rate=200.0)
+    closed = measure(faulty("stall", *stall), 2, duration=2.5, warmup=0.0)
+    assert opened["status"] == "ok" and closed["status"] == "ok", (opened, closed)
+    # open loop: ~200 requests were due during the stall, each waited for it
+    assert opened["latency_us"]["p99"] >= 800_000, opened["latency_us"]
+    assert opened["latency_us"]["max"] >= 900_000, opened["latency_us"]
+    # closed loop: only the 2 requests in flight waited; the percentiles do not see it
+    assert closed["latency_us"]["max"] >= 900_000, closed["latency_us"]
+    assert closed["latency_us"]["p99"] < 100_000, closed["latency_us"]
+
+
+def test_crash_mid_run_is_reported_not_hung_on() -> None:
+    began = time.monotonic()
+    record = measure(faulty("crash", "--crash-after", "0.3"), 4, duration=2.0, timeout=1.0)
+    assert time.monotonic() - began < 15
+    assert record["status"] == "failed", record
+    assert "died" in record["reason"] or "exit" in record["reason"], record["reason"]
+
+
+def test_a_server_that_cannot_start_is_a_result() -> None:
+    target = runner.Target("nothing", ("-c", "import sys; print('oops', file=sys.stderr); "
+                                             "sys.exit(3)"))
+    record = runner.measure(target, "echo", 1, runner.Settings(duration=0.2, warmup=0.0))
+    assert record["status"] == "skipped" and record["reason"] == "oops", record
+
+
+def test_quick_cli_writes_every_output(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "results"
+    argv = [sys.executable, "-m", "bench", "--quick", "--servers", "epoll,asyncio",
+            "--concurrency", "10", "--duration", "0.5", "--warmup", "0.1", "--out", str(out),
+            "--quiet"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=runner.REPO)
+    assert done.returncode == 0, done.stderr
+    assert "echo" in done.stdout and "epoll" in done.stdout
+    document = json.loads((out / "results.json").read_text())
+    assert {r["server"] for r in document["runs"]} == {"epoll", "asyncio"}
+    for run in document["runs"]:
+        for key in REQUIRED:
+            assert key in run, key
+        assert set(report.LATENCY_KEYS) <= set(run["latency_us"])
+        assert run["requests_per_s"] > 0 and run["status"] == "ok", run
+    for key in ("machine", "kernel", "python", "packages"):
+        assert key in document["meta"]
+    for name in ("results.csv", "summary.md", "throughput_echo.png", "latency_http.png"):
+        assert (out / name).stat().st_size > 0, name
+    compared = subprocess.run([sys.executable, "-m", "bench", "compare", str(out), str(out)],
+                              capture_output=True, text=True, timeout=30, cwd=runner.REPO)
+    assert compared.returncode == 0 and "epoll" in compared.stdout, compared.stderr
+
+
+def test_bad_flags_exit_2() -> None:
+    for argv in (["--servers", "no-such-server"], ["--concurrency", "ten"],
+                 ["--workloads", "gopher"], ["--duration", "-1"]):
+        done = subprocess.run([sys.executable, "-m", "bench", *argv], capture_output=True,
+                              text=True, timeout=30, cwd=runner.REPO)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert "error" in done.stderr
