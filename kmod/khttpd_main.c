@@ -51,11 +51,22 @@ static bool reuseaddr = true;
 module_param(reuseaddr, bool, 0444);
 MODULE_PARM_DESC(reuseaddr, "set SO_REUSEADDR on the listener (default 1)");
 
+/* The answer to a request whose body is still being read (and dropped). */
+struct khttpd_pending {
+	bool active;
+	bool chunked;
+	bool head_only;
+	int code;
+	enum khttpd_conn_hdr conn_hdr;
+	u64 skip;			/* Content-Length bytes still to drop */
+	struct khttpd_chunked ck;
+};
+
 struct khttpd_conn {
 	struct socket *sock;
 	size_t in_len;
 	size_t out_len;
-	u64 skip;			/* request body bytes still to discard */
+	struct khttpd_pending pend;
 	time64_t date_sec;
 	char date[KHTTPD_DATE_LEN + 1];
 	char in[KHTTPD_IN_SIZE];
@@ -146,50 +157,81 @@ static void khttpd_consume(struct khttpd_conn *c, size_t n)
 }
 
 /*
- * Answer every complete request in the input buffer, in order. Returns 1 to
- * keep reading, 0 once a response said the connection closes, or -errno.
+ * Drop the pending request's body from the input. Returns 1 once it is all
+ * read, 0 if more is needed, or the error status to answer instead.
+ */
+static int khttpd_skip_body(struct khttpd_conn *c)
+{
+	struct khttpd_pending *p = &c->pend;
+	size_t used;
+	int ret;
+
+	if (p->chunked) {
+		ret = khttpd_chunked_skip(&p->ck, c->in, c->in_len, &used);
+		khttpd_consume(c, used);
+		return ret;
+	}
+	used = min_t(u64, p->skip, c->in_len);
+	khttpd_consume(c, used);
+	p->skip -= used;
+	return !p->skip;
+}
+
+/*
+ * Answer every complete request in the input buffer, in order; like llhttp,
+ * a request is answered once its body has been read. Returns 1 to keep
+ * reading, 0 once a response said the connection closes, or -errno.
  */
 static int khttpd_process(struct khttpd_conn *c)
 {
+	struct khttpd_pending *p = &c->pend;
 	struct khttpd_req req;
-	enum khttpd_conn_hdr conn_hdr;
 	size_t used;
-	int code, err;
+	int ret;
 
 	for (;;) {
-		if (c->skip) {
-			used = min_t(u64, c->skip, c->in_len);
-			khttpd_consume(c, used);
-			c->skip -= used;
-			if (c->skip)
+		if (p->active) {
+			ret = khttpd_skip_body(c);
+			if (!ret)
 				return 1;
+			p->active = false;
+			if (ret != 1) {
+				ret = khttpd_respond(c, ret, false, KHTTPD_CLOSE);
+				return ret ? ret : 0;
+			}
+			ret = khttpd_respond(c, p->code, p->head_only, p->conn_hdr);
+			if (ret)
+				return ret;
+			if (p->conn_hdr == KHTTPD_CLOSE)
+				return 0;
 		}
+
 		used = khttpd_parse(c->in, c->in_len, &req);
 		if (!used) {
 			if (c->in_len < KHTTPD_MAX_HEAD)
 				return 1;
-			err = khttpd_respond(c, 431, false, KHTTPD_CLOSE);
-			return err ? err : 0;
+			ret = khttpd_respond(c, 431, false, KHTTPD_CLOSE);
+			return ret ? ret : 0;
 		}
 		if (req.status) {
-			err = khttpd_respond(c, req.status, false, KHTTPD_CLOSE);
-			return err ? err : 0;
+			ret = khttpd_respond(c, req.status, false, KHTTPD_CLOSE);
+			return ret ? ret : 0;
 		}
-		if (!req.keep_alive)
-			conn_hdr = KHTTPD_CLOSE;
-		else
-			conn_hdr = req.http10 ? KHTTPD_KEEP_10 : KHTTPD_KEEP;
-		if (req.method == KHTTPD_OTHER)
-			code = 405;
-		else
-			code = req.root ? 200 : 404;
-		err = khttpd_respond(c, code, req.method == KHTTPD_HEAD, conn_hdr);
-		if (err)
-			return err;
-		if (conn_hdr == KHTTPD_CLOSE)
-			return 0;
 		khttpd_consume(c, used);
-		c->skip = req.body_len;
+
+		memset(p, 0, sizeof(*p));
+		p->active = true;
+		p->chunked = req.chunked;
+		p->skip = req.body_len;
+		p->head_only = req.method == KHTTPD_HEAD;
+		if (!req.keep_alive)
+			p->conn_hdr = KHTTPD_CLOSE;
+		else
+			p->conn_hdr = req.http10 ? KHTTPD_KEEP_10 : KHTTPD_KEEP;
+		if (req.method == KHTTPD_OTHER)
+			p->code = 405;
+		else
+			p->code = req.root ? 200 : 404;
 	}
 }
 

@@ -218,6 +218,16 @@ static int khttpd_header(struct khttpd_span line, struct khttpd_req *req,
 		*has_len = true;
 		req->body_len = len;
 	} else if (khttpd_span_ieq(name, "transfer-encoding")) {
+		/* Only a body whose last coding is chunked can be framed. */
+		const char *last = value.p + value.n;
+
+		while (last > value.p && last[-1] != ',' && last[-1] != ' ' &&
+		       last[-1] != '\t')
+			last--;
+		value.n -= last - value.p;
+		value.p = last;
+		if (!khttpd_span_ieq(value, "chunked"))
+			return 400;
 		*chunked = true;
 	}
 	return 0;
@@ -267,12 +277,111 @@ size_t khttpd_parse(const char *buf, size_t len, struct khttpd_req *req)
 	else if (req->body_len > KHTTPD_MAX_BODY)
 		req->status = 413;
 
-	/* As llhttp_should_keep_alive(); a chunked body is not decoded: close. */
+	/* As llhttp_should_keep_alive(). */
 	if (req->http10)
 		req->keep_alive = keep;
 	else
 		req->keep_alive = !close;
-	if (chunked)
-		req->keep_alive = false;
+	req->chunked = chunked;
 	return head;
+}
+
+enum {
+	KC_SIZE,	/* hex digits of a chunk size */
+	KC_EXT,		/* ";extension" up to CR */
+	KC_SIZE_LF,
+	KC_DATA,
+	KC_DATA_CR,
+	KC_DATA_LF,
+	KC_TRAILER_START,	/* at the start of a trailer line */
+	KC_TRAILER,
+	KC_TRAILER_LF,
+	KC_END_LF,
+};
+
+int khttpd_chunked_skip(struct khttpd_chunked *ck, const char *buf,
+			size_t len, size_t *used)
+{
+	size_t i = 0, n;
+	int ret = 0;
+
+	while (i < len && !ret) {
+		unsigned char ch = buf[i];
+
+		if (ck->state == KC_DATA) {
+			n = min_t(u64, ck->left, len - i);
+			ck->left -= n;
+			i += n;
+			if (!ck->left)
+				ck->state = KC_DATA_CR;
+			continue;
+		}
+		i++;
+		if (ck->state >= KC_TRAILER_START && ++ck->trailer > KHTTPD_MAX_HEAD) {
+			ret = 431;
+			break;
+		}
+		switch (ck->state) {
+		case KC_SIZE:
+			if (isxdigit(ch)) {
+				ck->left = ck->left * 16 + hex_to_bin(ch);
+				ck->digits = true;
+				if (ck->left > KHTTPD_MAX_BODY)
+					ret = 413;
+			} else if (ch == ';' && ck->digits) {
+				ck->state = KC_EXT;
+			} else if (ch == '\r' && ck->digits) {
+				ck->state = KC_SIZE_LF;
+			} else {
+				ret = 400;
+			}
+			break;
+		case KC_EXT:
+			if (ch == '\r')
+				ck->state = KC_SIZE_LF;
+			else if (ch == '\n')
+				ret = 400;
+			break;
+		case KC_SIZE_LF:
+			if (ch != '\n') {
+				ret = 400;
+			} else if (!ck->left) {
+				ck->state = KC_TRAILER_START;
+			} else {
+				ck->total += ck->left;
+				if (ck->total > KHTTPD_MAX_BODY)
+					ret = 413;
+				ck->state = KC_DATA;
+			}
+			break;
+		case KC_DATA_CR:
+			ck->state = KC_DATA_LF;
+			if (ch != '\r')
+				ret = 400;
+			break;
+		case KC_DATA_LF:
+			ck->state = KC_SIZE;
+			ck->digits = false;
+			if (ch != '\n')
+				ret = 400;
+			break;
+		case KC_TRAILER_START:
+			ck->state = ch == '\r' ? KC_END_LF : KC_TRAILER;
+			break;
+		case KC_TRAILER:
+			if (ch == '\r')
+				ck->state = KC_TRAILER_LF;
+			break;
+		case KC_TRAILER_LF:
+			ck->state = KC_TRAILER_START;
+			if (ch != '\n')
+				ret = 400;
+			break;
+		case KC_END_LF:
+			ret = ch == '\n' ? 1 : 400;
+			break;
+		}
+	}
+	*used = i;
+	return ret;
 }

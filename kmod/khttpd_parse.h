@@ -25,7 +25,17 @@ struct khttpd_req {
 	bool http10;
 	bool keep_alive;
 	bool root;		/* the path is "/" */
+	bool chunked;		/* Transfer-Encoding: chunked body follows */
 	u64 body_len;		/* Content-Length, to be skipped */
+};
+
+/* Where a chunked body decoder stands; zeroed to start. */
+struct khttpd_chunked {
+	int state;
+	u64 left;		/* bytes left in this chunk (or its size so far) */
+	u64 total;		/* data bytes so far */
+	size_t trailer;		/* trailer bytes so far */
+	bool digits;
 };
 
 /*
@@ -34,5 +44,13 @@ struct khttpd_req {
  * 0 when more bytes are needed and nothing wrong was seen yet.
  */
 size_t khttpd_parse(const char *buf, size_t len, struct khttpd_req *req);
+
+/*
+ * Skip chunked body bytes from buf; *used says how many were taken. Returns
+ * 1 when the body (with its trailer) is complete, 0 when more bytes are
+ * needed, or an error status to answer (400, 413 or 431).
+ */
+int khttpd_chunked_skip(struct khttpd_chunked *ck, const char *buf,
+			size_t len, size_t *used);
 
 #endif /* KHTTPD_PARSE_H */

@@ -135,6 +135,16 @@ CASES = [
     pytest.param(b"GET http://host/x?y HTTP/1.1\r\n\r\n", False, id="absolute-form-404"),
     pytest.param(b"GET * HTTP/1.1\r\n\r\n", False, id="asterisk-404"),
     pytest.param(b"QUERY / HTTP/1.1\r\n\r\n", False, id="405-query"),
+    pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                 False, id="405-chunked-body"),
+    pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", False,
+                 id="405-gzip-chunked"),
+    pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", True, id="400-te-gzip"),
+    pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", True,
+                 id="400-bad-chunk"),
+    pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                 True, id="400-te-and-length"),
+    pytest.param(b"POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", True, id="413"),
     pytest.param(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", True, id="400-length"),
     pytest.param(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", True, id="431"),
 ]
@@ -155,6 +165,17 @@ def test_responses_match_core(khttpd: int, request_bytes: bytes, closes: bool) -
             assert blank_dates(read_exactly(s, real_len(page()))) == page()
     check_dates(raw)
     assert blank_dates(raw) == expected
+
+
+def test_chunked_body_with_trailer_then_pipelined(khttpd: int) -> None:
+    body = b"3;ext=1\r\nabc\r\n10\r\n" + b"z" * 16 + b"\r\n0\r\nTrailer: v\r\n\r\n"
+    batch = b"GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    batch += b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+    not_found, _ = core_response(b"GET /x HTTP/1.1\r\n\r\n")
+    with helpers.connect(khttpd) as s:
+        s.sendall(batch)
+        raw = helpers.read_until_eof(s)
+    assert blank_dates(raw) == not_found + page(wire.CLOSE)
 
 
 def test_400_then_close(khttpd: int) -> None:
