@@ -1,0 +1,64 @@
+"""pytest-benchmark benchmarks: every server of the registry, echo and HTTP.
+
+Run with ``pytest benchmarks --benchmark-only`` (plain ``pytest`` collects only
+``tests/`` and skips benchmarks). Each round sends a fixed number of requests
+through the native load generator, run as a pinned subprocess on the client
+cores; the timed figure is the round's wall time (it includes ~0.1 s of load
+generator start-up, the same for every server), and ``extra_info`` holds the
+load generator's own requests/s and latency percentiles (medians over the
+rounds) so that ``--benchmark-compare``, ``--benchmark-histogram`` and saved
+runs (``--benchmark-autosave``) carry them.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from typing import Any
+
+from bench import runner
+
+LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
+
+
+def env_int(name: str, default: int) -> int:
+    """A positive integer from the environment, or ``default``."""
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def test_zoo(benchmark: Any, zoo_server: tuple[runner.Server, runner.Target, str]) -> None:
+    server, target, workload = zoo_server
+    requests = env_int("ZOO_BENCH_REQUESTS", 10000)
+    rounds = env_int("ZOO_BENCH_ROUNDS", 5)
+    connections = env_int("ZOO_BENCH_CONCURRENCY", 50) if target.concurrent else 1
+    _, client_cpus = runner.split_cpus()
+    settings = runner.Settings(warmup=0.0, timeout=5.0)
+    argv = runner.loadgen_argv(server.host, server.port, workload, connections, settings,
+                               threads=len(client_cpus), duration=30.0, requests=requests)
+    results: list[dict[str, Any]] = []
+
+    def one_round() -> None:
+        proc = runner.start_loadgen(argv, client_cpus)
+        result, problem = runner.finish_loadgen(proc, 60.0)
+        assert result is not None, problem
+        results.append(result)
+
+    benchmark.group = workload
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=1)
+    measured = results[1:] or results
+    benchmark.extra_info.update({
+        "server": target.name, "workload": workload, "connections": connections,
+        "requests_per_round": requests,
+        "requests_per_s": statistics.median(r["requests_per_s"] for r in measured),
+        "latency_us": {k: statistics.median(r["latency_us"][k] for r in measured)
+                       for k in LATENCY_KEYS},
+        "errors_total": sum(r["errors_total"] for r in measured),
+        "client_cpu_util": statistics.median(r["client_cpu_util"] for r in measured),
+    })
+    assert server.alive(), f"{target.name} died: {server.stderr_tail()}"
+    assert benchmark.extra_info["errors_total"] == 0, benchmark.extra_info
+    assert all(r["requests"] == requests for r in measured)
