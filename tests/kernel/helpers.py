@@ -10,6 +10,7 @@ import selectors
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from servers.kmod_launch import KMOD_DIR, Skipped, free_port, load_module, unload_module
@@ -173,3 +174,36 @@ def tcp_states(port: int) -> list[str]:
 
 def a_free_port() -> int:
     return free_port("127.0.0.1")
+
+
+def tcp_sockstat() -> dict[str, int]:
+    """The TCP line of /proc/net/sockstat: inuse, orphan, tw, alloc, mem."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()[1:]
+            return {k: int(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
+    raise KeyError("TCP")
+
+
+def threads_named(prefix: str) -> list[str]:
+    """Names of the tasks whose comm starts with ``prefix``."""
+    names = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:
+            continue
+        if name.startswith(prefix):
+            names.append(name)
+    return names
+
+
+def poll_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Check ``predicate`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
