@@ -3,6 +3,7 @@ c-epoll's HTTP bytes against the Python core's; the ``--json`` schema of the CLI
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -232,6 +233,41 @@ def test_server_that_dies_mid_run() -> None:
     assert result["requests"] == 50
     assert result["errors"]["reset"] + result["errors"]["short"] >= 1
     assert result["errors"]["refused"] >= 1
+
+
+def _echo_with_one_stall(conn: socket.socket) -> None:
+    """Echo 10-byte requests; before answering the 20th, stall for 0.3 s."""
+    conn.settimeout(5)
+    with conn:
+        try:
+            for count in itertools.count(1):
+                data = b""
+                while len(data) < 10:
+                    chunk = conn.recv(10 - len(data))
+                    if not chunk:
+                        return
+                    data += chunk
+                if count == 20:
+                    time.sleep(0.3)  # the stall being measured, not a synchronisation
+                conn.sendall(data)
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("open_loop", [True, False])
+def test_open_loop_counts_stalls_from_the_due_time(open_loop: bool) -> None:
+    listener, _ = _serve_in_thread(_echo_with_one_stall, 1)
+    with listener:
+        result = loadgen.run("127.0.0.1", listener.getsockname()[1], "echo", 1, 1.0,
+                             threads=1, size=10, rate=200 if open_loop else None)
+    assert result["errors_total"] == 0
+    assert result["latency_us"]["max"] >= 250_000
+    if open_loop:
+        # ~60 requests fell due during the stall: each waited from its due time
+        assert result["latency_us"]["p90"] >= 100_000
+    else:
+        # closed loop: only the one stalled request saw it (coordinated omission)
+        assert result["latency_us"]["p90"] < 100_000
 
 
 def test_refused_is_counted() -> None:
