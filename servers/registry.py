@@ -94,6 +94,18 @@ ENTRIES: tuple[Entry, ...] = (
           limits="the interest array crosses into the kernel on every wake-up (O(n)); "
                  "one core per process (--workers N for more)",
           sendfile=True, event_driven=True),
+    Entry("trio", "servers.trio_srv", "coroutine", "epoll (trio)",
+          "trio.serve_listeners, a task per connection, cancel scopes for timeouts "
+          "and shutdown",
+          limits="one core per process (--workers N for more); files by sendfile(2) "
+                 "after wait_writable",
+          sendfile=True, event_driven=True),
+    Entry("gevent", "servers.gevent_srv", "greenlet", "libev (epoll)",
+          "gevent StreamServer, a greenlet per connection running the blocking driver; "
+          "no monkey-patching",
+          limits="one core per process (--workers N for more); gevent sends files by "
+                 "cooperative read+send",
+          sendfile=False, event_driven=True),
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}

@@ -1,0 +1,57 @@
+"""gevent: ``gevent.server.StreamServer``, a greenlet per connection, no monkey-patching.
+
+The blocking driver runs unchanged on gevent's cooperative sockets (what
+StreamServer hands each handler), so blocking calls switch greenlets instead
+of threads. Nothing is monkey-patched, here or on import: gevent is imported
+only inside :meth:`Gevent.serve`, so the hub is created in the process that
+serves (after the fork, under ``--workers``). gevent's socket ``sendfile``
+is cooperative read+send, not sendfile(2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+from servers.backend import Backend
+from servers.cli import main
+from servers.core import session_factory
+from servers.drivers.blocking import ConnectionSet, serve_connection
+from servers.settings import Settings
+from servers.stop import StopSignal
+
+
+class Gevent(Backend):
+    """gevent StreamServer: greenlets on a libev hub, the blocking driver in each."""
+
+    name = "gevent"
+
+    def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
+              options: argparse.Namespace) -> None:
+        import gevent.server
+        import gevent.socket
+
+        new_session = session_factory(settings)
+        conns = ConnectionSet()
+
+        def handle(sock: socket.socket, address: object) -> None:
+            conns.add(sock)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                serve_connection(sock, new_session, settings)
+            finally:
+                conns.discard(sock)
+
+        listener.setblocking(False)  # StreamServer never accepts on a blocking listener
+        server = gevent.server.StreamServer(listener, handle)
+        server.start()
+        try:
+            gevent.socket.wait_read(stop.fileno())
+        finally:
+            server.close()  # stop accepting
+            conns.stop_all()  # idle greenlets see end-of-file; busy ones finish
+            server.stop(timeout=settings.shutdown_grace)
+
+
+if __name__ == "__main__":
+    main(Gevent())

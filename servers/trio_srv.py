@@ -1,0 +1,188 @@
+"""trio: a task per connection under structured concurrency.
+
+``trio.serve_listeners`` runs on the socket the launcher opened and starts a
+task per connection in a nursery this module owns. Timeouts are cancel scopes:
+each receive runs under a deadline taken from the session (idle or header
+timeout), each send must progress within the idle timeout. Shutdown is
+structured too: when the stop descriptor becomes readable the accept loop is
+cancelled, every idle receive is cancelled so its task flushes and closes, and
+the connections' nursery gets a deadline of the grace, after which whatever
+is left is cancelled. Backpressure needs no code: a task awaiting ``send_all``
+does not read.
+
+trio installs its own signal wakeup descriptor while it runs (ours is
+unset meanwhile); SIGTERM still reaches :class:`StopSignal`'s Python handler,
+which writes the stop pipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import trio
+
+from servers.backend import Backend
+from servers.cli import main
+from servers.core import FileSlice, Session, Write, session_factory
+from servers.settings import Settings
+from servers.stop import StopSignal
+
+_SEND_CHUNK = 1 << 20
+_LINGER_BYTES = 1 << 20
+_LINGER_SECONDS = 1.0
+
+
+def _trio_time(monotonic_deadline: float) -> float:
+    return trio.current_time() + (monotonic_deadline - time.monotonic())
+
+
+class _Connection:
+    """One connection's task: receive under the session's deadline, send under the idle one."""
+
+    def __init__(self, stream: trio.SocketStream, session: Session, settings: Settings) -> None:
+        self.stream = stream
+        self.session = session
+        self.settings = settings
+        self.receiving: trio.CancelScope | None = None
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Graceful stop: an idle receive is cancelled; a response in flight completes."""
+        self.stopping = True
+        if self.receiving is not None:
+            self.receiving.cancel()
+
+    async def run(self) -> None:
+        session, stream = self.session, self.stream
+        size = self.settings.read_size
+        while True:
+            await self._send(session.take_output())
+            if session.closing or self.stopping:
+                return
+            with trio.CancelScope(deadline=_trio_time(session.deadline())) as scope:
+                self.receiving = scope
+                data = await stream.receive_some(size)
+            self.receiving = None
+            if scope.cancelled_caught:
+                if self.stopping:
+                    session.closing = True
+                elif session.expired(time.monotonic()):
+                    return
+                continue
+            if not data:
+                session.eof_received(time.monotonic())
+                await self._send(session.take_output())
+                return
+            session.received(data, time.monotonic())
+
+    async def _send(self, writes: list[Write]) -> None:
+        for item in writes:
+            if isinstance(item, FileSlice):
+                try:
+                    await self._send_file(item)
+                finally:
+                    item.close()
+                continue
+            view = memoryview(item)
+            for start in range(0, len(view), _SEND_CHUNK):
+                with trio.fail_after(self.settings.idle_timeout):
+                    await self.stream.send_all(view[start:start + _SEND_CHUNK])
+                self.session.touch(time.monotonic())
+
+    async def _send_file(self, item: FileSlice) -> None:
+        """sendfile(2) on the non-blocking socket, waiting for writability between calls."""
+        sock = self.stream.socket
+        while item.count > 0:
+            with trio.fail_after(self.settings.idle_timeout):
+                await trio.lowlevel.wait_writable(sock)
+            try:
+                sent = os.sendfile(sock.fileno(), item.file.fileno(), item.offset,
+                                   min(item.count, _SEND_CHUNK))
+            except BlockingIOError:
+                continue
+            if sent == 0:
+                raise trio.BrokenResourceError("file shrank while being sent")
+            item.advance(sent)
+            self.session.touch(time.monotonic())
+
+    async def linger_close(self) -> None:
+        """Half-close and read what the peer still sends (bounded), so the last
+        response is not destroyed by a reset from closing with unread input."""
+        try:
+            await self.stream.send_eof()
+            drained = 0
+            with trio.move_on_after(_LINGER_SECONDS):
+                while drained < _LINGER_BYTES:
+                    chunk = await self.stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def serve_trio(listener: socket.socket, settings: Settings, stop: StopSignal) -> None:
+    """Serve until the stop descriptor is readable, then drain within the grace."""
+    new_session: Callable[[float], Session] = session_factory(settings)
+    live: set[_Connection] = set()
+    stopping = False
+
+    async def handle(stream: trio.SocketStream) -> None:
+        conn = _Connection(stream, new_session(time.monotonic()), settings)
+        live.add(conn)
+        if stopping:
+            conn.stop()
+        clean = False
+        try:
+            await conn.run()
+            clean = conn.session.closing
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
+            pass
+        finally:
+            live.discard(conn)
+            try:
+                if clean and not stopping:
+                    await conn.linger_close()
+            finally:
+                await stream.aclose()
+
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(listener))]
+    async with trio.open_nursery() as connections:
+        accepting = trio.CancelScope()
+
+        async def accept() -> None:
+            with accepting:
+                await trio.serve_listeners(handle, listeners, handler_nursery=connections)
+
+        connections.start_soon(accept)
+        await trio.lowlevel.wait_readable(stop.fileno())
+        accepting.cancel()
+        stopping = True
+        for conn in list(live):
+            conn.stop()
+        connections.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace
+
+
+class Trio(Backend):
+    """trio: a task per connection, cancel scopes for timeouts and shutdown."""
+
+    name = "trio"
+
+    def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
+              options: argparse.Namespace) -> None:
+        # trio wants the wakeup descriptor for itself; the StopSignal handler still runs
+        # (on trio's wake-up) and writes the stop pipe, which the loop above watches.
+        previous = signal.set_wakeup_fd(-1)
+        try:
+            trio.run(serve_trio, listener, settings, stop)
+        finally:
+            signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+
+
+if __name__ == "__main__":
+    main(Trio())
