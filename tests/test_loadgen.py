@@ -102,6 +102,12 @@ def test_http_workloads(http_port: int, workload: str) -> None:
     assert result["bytes_received"] > 3000 * 100
 
 
+def test_ten_thousand_connections(echo_port: int) -> None:
+    result = loadgen.run("127.0.0.1", echo_port, "echo", 10_000, 20.0, threads=2, size=16,
+                         requests=20_000)
+    assert_clean(result, 20_000)
+
+
 def test_duration_run_and_cpu(http_port: int) -> None:
     result = loadgen.run("127.0.0.1", http_port, "http", 4, 0.5, threads=2)
     assert result["errors_total"] == 0
