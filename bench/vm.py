@@ -20,11 +20,13 @@ Library: :func:`run_in_guest`. CLI::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gzip
 import io
 import json
 import lzma
 import os
+import platform
 import re
 import secrets
 import selectors
@@ -292,17 +294,36 @@ def prepare(build: bool = True) -> tuple[str, Path, bool, Path]:
 # -- booting ---------------------------------------------------------------------------------
 
 
-def _kvm_usable() -> bool:
-    if os.environ.get("TCPZOO_VM_ACCEL") in ("tcg", "kvm"):
-        return os.environ["TCPZOO_VM_ACCEL"] == "kvm"
-    return False  # KVM cannot run a stock kernel here; tcg unless asked explicitly
+def choose_accel(image: Path, initrd: Path) -> str:
+    """``kvm`` if a probe boot under KVM really reaches the guest command, else ``tcg``.
+
+    TCPZOO_VM_ACCEL=tcg|kvm overrides. The probe (at most 30 s) runs once per guest
+    kernel and host kernel; its answer is cached under .vm/.
+    """
+    forced = os.environ.get("TCPZOO_VM_ACCEL")
+    if forced in ("tcg", "kvm"):
+        return forced
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    stamp = initrd.parent / f"accel-{platform.release()}"
+    if stamp.is_file():
+        return stamp.read_text().strip()
+    try:
+        ok = _run_script(["true"], image, initrd, 30, 1, 512, False, "kvm").returncode == 0
+    except (VmError, OSError):
+        ok = False
+    result = "kvm" if ok else "tcg"
+    stamp.write_text(result + "\n")
+    return result
 
 
-def qemu_argv(image: Path, initrd: Path, append: str, smp: int, mem_mb: int) -> list[str]:
-    accel = "kvm" if _kvm_usable() else "tcg,thread=multi,tb-size=256"
+def qemu_argv(image: Path, initrd: Path, append: str, smp: int, mem_mb: int,
+              accel: str = "tcg") -> list[str]:
+    accel = "kvm" if accel == "kvm" else "tcg,thread=multi,tb-size=256"
+    cpu = "host" if accel == "kvm" else "max"
     return [
         "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
-        "-machine", "pc", "-accel", accel, "-cpu", "max", "-smp", str(smp), "-m", str(mem_mb),
+        "-machine", "pc", "-accel", accel, "-cpu", cpu, "-smp", str(smp), "-m", str(mem_mb),
         "-kernel", str(image), "-initrd", str(initrd), "-append", append,
         "-serial", "stdio", "-no-reboot",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,multidevs=remap",
@@ -329,6 +350,12 @@ def run_in_guest(
     within ``timeout`` seconds (QEMU is killed first).
     """
     _, image, _, initrd = prepare(build=build)
+    accel = choose_accel(image, initrd)
+    return _run_script(argv, image, initrd, timeout, smp, mem_mb, stream, accel)
+
+
+def _run_script(argv: list[str], image: Path, initrd: Path, timeout: float, smp: int,
+                mem_mb: int, stream: bool, accel: str) -> GuestResult:
     RUNS.mkdir(parents=True, exist_ok=True)
     script = RUNS / f"run-{os.getpid()}-{secrets.token_hex(4)}.sh"
     script.write_text(
@@ -337,18 +364,25 @@ def run_in_guest(
         "exec " + shlex.join(argv) + "\n"
     )
     try:
-        return _boot(argv, image, initrd, _cmdline(f"tcpzoo.run={script}"), timeout, smp,
-                     mem_mb, stream)
+        return _boot(argv, qemu_argv(image, initrd, _cmdline(f"tcpzoo.run={script}"), smp,
+                                     mem_mb, accel), timeout, stream)
     finally:
         script.unlink(missing_ok=True)
 
 
-def _boot(argv: list[str], image: Path, initrd: Path, append: str, timeout: float, smp: int,
-          mem_mb: int, stream: bool) -> GuestResult:
+def _die_with_parent() -> None:
+    """In the QEMU child: get SIGKILL when the parent dies (PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _boot(argv: list[str], qemu: list[str], timeout: float, stream: bool) -> GuestResult:
     start = time.monotonic()
     cmd_marker = BEGIN.replace("BEGIN", "CMD")
     proc = subprocess.Popen(
-        qemu_argv(image, initrd, append, smp, mem_mb),
+        qemu, preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads started here
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     assert proc.stdout is not None
@@ -418,7 +452,8 @@ def _boot(argv: list[str], image: Path, initrd: Path, append: str, timeout: floa
 def shell(smp: int = 2, mem_mb: int = 2048) -> int:
     """An interactive guest (serial console on this terminal); exit the shell to power off."""
     _, image, _, initrd = prepare()
-    return subprocess.call(qemu_argv(image, initrd, _cmdline(), smp, mem_mb))
+    return subprocess.call(qemu_argv(image, initrd, _cmdline(), smp, mem_mb,
+                                     choose_accel(image, initrd)))
 
 
 # -- the in-guest benchmark --------------------------------------------------------------------
@@ -563,6 +598,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("-c", "--clients", type=int, default=8)
         p.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through run_in_guest, which kills QEMU
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         if args.cmd == "build":
             ver, image, pvh, initrd = prepare()
