@@ -28,6 +28,7 @@ class Gevent(Backend):
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
+        import gevent.pool
         import gevent.server
         import gevent.socket
 
@@ -43,7 +44,8 @@ class Gevent(Backend):
                 conns.discard(sock)
 
         listener.setblocking(False)  # StreamServer never accepts on a blocking listener
-        server = gevent.server.StreamServer(listener, handle)
+        # An unbounded pool, only so that stop() can wait for (and then kill) the handlers.
+        server = gevent.server.StreamServer(listener, handle, spawn=gevent.pool.Pool())
         server.start()
         try:
             gevent.socket.wait_read(stop.fileno())

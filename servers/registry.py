@@ -106,6 +106,14 @@ ENTRIES: tuple[Entry, ...] = (
           limits="one core per process (--workers N for more); gevent sends files by "
                  "cooperative read+send",
           sendfile=False, event_driven=True),
+    Entry("io_uring", "servers.io_uring_srv", "completion loop", "io_uring",
+          "accept, recv and send submitted to io_uring (uring-api binding) and handled on "
+          "completion: multishot accept, single-shot recv (--recv multishot: a multishot "
+          "recv per connection on a provided-buffer ring)",
+          limits="needs io_uring (probed at start: exits 1 with the reason if unavailable); "
+                 "single-shot recv keeps an 8 KiB buffer per connection; files by pread + "
+                 "send on the ring; one core per process (--workers N for more)",
+          sendfile=False, event_driven=True),
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}

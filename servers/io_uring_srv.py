@@ -1,0 +1,497 @@
+"""io_uring: a completion loop, not a readiness loop, on the ``uring-api`` binding.
+
+Accept, recv and send are submitted to one ring and handled when they
+complete: the loop never asks whether a socket is ready, it asks for the
+operation and is told its result. One multishot accept (re-armed single-shot
+accepts where the kernel lacks it) feeds connections; each connection keeps
+one recv armed and at most one send in flight (two sends in flight on one
+socket could complete out of order). Two receive modes (``--recv``):
+
+- ``single``: a one-shot recv into a buffer the connection owns, re-armed after
+  each completion. Memory is a buffer per connection, armed or not.
+- ``multishot``: one multishot recv per connection selecting buffers from a
+  shared provided-buffer ring; a buffer goes back to the kernel as soon as the
+  core has copied what it keeps. Memory is the shared ring, whatever the
+  number of connections.
+
+Files are read with ``pread`` into the send buffer and sent on the ring
+(read+send: the binding exposes no splice), so ``sendfile`` is false.
+Backpressure: past the write high-water mark no recv is re-armed (multishot:
+the armed one is cancelled) until the output drains. Timeouts are a periodic
+scan of the sessions' deadlines, as in the readiness loop. The stop pipe is
+watched with a poll operation on the ring, so a signal ends the wait.
+
+The kernel is probed at start (:meth:`IoUring.prepare`): the binding must load
+its native part, a ring must open and an operation complete, else the server
+exits 1 with one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import select
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from servers.backend import Backend, UsageError
+from servers.cli import main
+from servers.core import FileSlice, Session, session_factory
+from servers.settings import Settings
+from servers.stop import StopSignal
+
+_RING_ENTRIES = 1024
+_CQ_ENTRIES = 16384
+_SINGLE_RECV_SIZE = 8 * 1024  # per connection in single mode: 10,000 clients = 80 MiB
+_GROUP_BUFFER_SIZE = 16 * 1024
+_GROUP_BUFFERS = 1024  # shared in multishot mode: 16 MiB whatever the connection count
+_SEND_JOIN = 256 * 1024  # queued bytes joined into one send, at most
+_FILE_CHUNK = 256 * 1024
+_LINGER_SECONDS = 1.0
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+_MORE = 1 << 1  # IORING_CQE_F_MORE
+
+# Tokens for the loop's own operations (connections are their own token).
+_ACCEPT = "accept"
+_STOP = "stop"
+_CANCEL = "cancel"
+
+
+def _load_binding() -> Any:
+    """Import ``uring_api`` or raise OSError saying why io_uring cannot be used."""
+    try:
+        import uring_api
+    except ImportError as exc:
+        raise OSError(f"io_uring binding not installed (pip install uring-api): {exc}") from None
+    missing = getattr(uring_api, "_native_import_error", None)
+    if missing is not None:
+        raise OSError(f"uring-api has no native part ({missing}); install the wheel with "
+                      "--only-binary uring-api")
+    return uring_api
+
+
+def probe() -> dict[str, bool]:
+    """Open a ring, complete one recv on a socket pair, report optional features.
+
+    Raises OSError with a one-line reason when io_uring is unusable.
+    """
+    uring = _load_binding()
+    features = uring.probe()
+    if not features.get("available"):
+        raise OSError("io_uring unavailable: the kernel refused to create a ring "
+                      "(disabled by sysctl kernel.io_uring_disabled, seccomp or too old)")
+    left, right = socket.socketpair()
+    try:
+        with uring.Ring(entries=4) as ring:
+            buf = bytearray(1)
+            ring.prepare_recv(left.fileno(), buf, 0, "probe")
+            ring.submit()
+            right.send(b"!")
+            done = ring.wait(2.0) or []
+            if not done or done[0].res != 1 or buf != b"!":
+                raise OSError("io_uring unavailable: a probe recv did not complete")
+    finally:
+        left.close()
+        right.close()
+    return {
+        "multishot_accept": bool(features.get("IORING_ACCEPT_MULTISHOT")),
+        "multishot_recv": bool(features.get("IORING_RECV_MULTISHOT"))
+        and bool(features.get("IORING_BUF_RING")),
+    }
+
+
+def _ring_flags(uring: Any) -> int:
+    """Single issuer + deferred task running where accepted: completions are processed
+    when this thread waits, not by interrupting it."""
+    for flags in (uring.IORING_SETUP_SINGLE_ISSUER | uring.IORING_SETUP_DEFER_TASKRUN,
+                  uring.IORING_SETUP_COOP_TASKRUN, 0):
+        if uring.probe(flags=flags):
+            return flags
+    return 0
+
+
+class _Conn:
+    __slots__ = ("sock", "fd", "session", "buf", "out", "out_bytes", "sending", "recv_op",
+                 "closed", "lingering", "linger_until")
+
+    def __init__(self, sock: socket.socket, session: Session, buf: bytearray | None) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.session = session
+        self.buf = buf
+        self.out: deque[bytes | FileSlice] = deque()
+        self.out_bytes = 0
+        self.sending: memoryview | None = None  # the send in flight
+        self.recv_op: Any = None  # the armed recv, if any
+        self.closed = False
+        self.lingering = False
+        self.linger_until = 0.0
+
+
+class UringLoop:
+    """Submit, wait, dispatch completions: until stopped, then drain and close."""
+
+    def __init__(self, listener: socket.socket, settings: Settings, stop: StopSignal,
+                 multishot_recv: bool, multishot_accept: bool,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.uring = uring = _load_binding()
+        # Created here, on the thread (and in the process) that drives it.
+        self.ring = uring.Ring(entries=_RING_ENTRIES, flags=_ring_flags(uring),
+                               cq_entries=_CQ_ENTRIES)
+        self.listener = listener
+        self.settings = settings
+        self.stop = stop
+        self.clock = clock
+        self.new_session = session_factory(settings)
+        self.multishot_recv = multishot_recv
+        self.multishot_accept = multishot_accept
+        self.group = (self.ring.create_buf_group(_GROUP_BUFFER_SIZE, _GROUP_BUFFERS)
+                      if multishot_recv else None)
+        self.conns: set[_Conn] = set()
+        self.accept_op: Any = None
+        self.accept_paused = False
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.needs_submit = False
+        self.logged: set[str] = set()
+        self.kind_recv = (uring.COMPLETION_KIND_RECV, uring.COMPLETION_KIND_RECV_MULTISHOT)
+        self.kind_send = uring.COMPLETION_KIND_SEND
+        shortest = min(settings.idle_timeout, settings.header_timeout)
+        self.scan_every = min(1.0, max(0.05, shortest / 4))
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        ring = self.ring
+        self._arm_accept()
+        ring.prepare_poll(self.stop.fileno(), select.POLLIN, _STOP)
+        ring.submit()
+        next_scan = self.clock() + self.scan_every
+        on_recv, on_send = self._on_recv, self._on_send
+        kind_recv, kind_send = self.kind_recv, self.kind_send
+        try:
+            while True:
+                now = self.clock()
+                if self.stopping and (not self.conns or now >= self.stop_deadline):
+                    break
+                try:
+                    batch = ring.wait(max(0.0, next_scan - now))
+                except InterruptedError:
+                    continue  # a signal: its handler has run; a stop shows as the poll
+                if batch:
+                    for c in batch:
+                        kind = c.kind
+                        if kind in kind_recv:
+                            on_recv(c)
+                        elif kind == kind_send:
+                            on_send(c)
+                        else:
+                            self._on_other(c)
+                if self.needs_submit:
+                    # Cancels queued without a waiter are not flushed by wait(): submit now.
+                    self.needs_submit = False
+                    ring.submit()
+                now = self.clock()
+                if now >= next_scan:
+                    self._expire(now)
+                    next_scan = now + self.scan_every
+        finally:
+            for conn in list(self.conns):
+                self._close(conn)
+            if self.group is not None:
+                self.group.close()
+            ring.close()
+
+    def _on_other(self, c: Any) -> None:
+        token = c.user_data
+        if token is _ACCEPT:
+            self._on_accept(c)
+        elif token is _STOP:
+            self._on_stop()
+
+    # -- accepting and stopping --------------------------------------------------------
+
+    def _arm_accept(self) -> None:
+        if self.stopping:
+            return
+        flags = socket.SOCK_CLOEXEC
+        lfd = self.listener.fileno()
+        if self.multishot_accept:
+            self.accept_op = self.ring.prepare_accept_multishot(lfd, flags, _ACCEPT)
+        else:
+            self.accept_op = self.ring.prepare_accept(lfd, flags, _ACCEPT)
+
+    def _on_accept(self, c: Any) -> None:
+        res = c.res
+        more = self.multishot_accept and c.flags & _MORE
+        if not more:
+            self.accept_op = None
+        if res >= 0:
+            self._accepted(res)
+            if not more:
+                self._arm_accept()
+        elif -res in _OUT_OF_FDS:
+            self._log(f"accept: {os.strerror(-res)}; refusing until connections close")
+            if self.accept_op is not None:
+                self.ring.prepare_cancel_nowait(self.accept_op)
+                self.needs_submit = True
+            self.accept_paused = True  # re-armed by the next scan, not in a tight loop
+        elif not more and -res != errno.ECANCELED:
+            self._arm_accept()
+
+    def _accepted(self, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        if self.stopping:
+            sock.close()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = None if self.multishot_recv else bytearray(_SINGLE_RECV_SIZE)
+        conn = _Conn(sock, self.new_session(self.clock()), buf)
+        self.conns.add(conn)
+        self._arm_recv(conn)
+
+    def _on_stop(self) -> None:
+        try:
+            os.read(self.stop.fileno(), 64)
+        except BlockingIOError:
+            pass
+        if not self.stop.is_set():  # another signal's wake-up byte: keep watching
+            self.ring.prepare_poll(self.stop.fileno(), select.POLLIN, _STOP)
+            return
+        self.stopping = True
+        self.stop_deadline = self.clock() + self.settings.shutdown_grace
+        if self.accept_op is not None:
+            self.ring.prepare_cancel(self.accept_op, _CANCEL)
+            self.accept_op = None
+        for conn in list(self.conns):
+            if conn.out or conn.sending is not None:
+                conn.session.closing = True  # finish the response in flight, then close
+                self._stop_reading(conn)
+            else:
+                self._close(conn)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _arm_recv(self, conn: _Conn) -> None:
+        if conn.recv_op is not None or conn.closed:
+            return
+        if self.group is not None:
+            conn.recv_op = self.ring.prepare_recv_multishot(conn.fd, self.group, 0, conn)
+        else:
+            conn.recv_op = self.ring.prepare_recv(conn.fd, conn.buf, 0, conn)
+
+    def _stop_reading(self, conn: _Conn) -> None:
+        """Single shot: simply not re-armed. Multishot: the armed recv is cancelled; what
+        it still delivers before the cancel lands is processed (a bounded overshoot)."""
+        if self.group is not None and conn.recv_op is not None:
+            self.ring.prepare_cancel_nowait(conn.recv_op)
+            self.needs_submit = True
+
+    def _wants_input(self, conn: _Conn) -> bool:
+        if conn.lingering:
+            return True
+        return (not conn.session.closing and not self.stopping
+                and conn.out_bytes <= self.settings.write_high_water)
+
+    def _on_recv(self, c: Any) -> None:
+        conn: _Conn = c.user_data
+        res = c.res
+        multishot = self.group is not None
+        if not multishot or not c.flags & _MORE:
+            conn.recv_op = None
+        view = memoryview(c.result) if multishot and res > 0 else None
+        try:
+            if conn.closed:
+                return
+            if res > 0:
+                if conn.lingering:
+                    pass  # after our last response: read and discard
+                else:
+                    data = view if view is not None else memoryview(conn.buf)[:res]
+                    conn.session.received(data, self.clock())
+                    self._pump(conn)
+            elif res == 0:
+                if conn.lingering:
+                    self._close(conn)
+                    return
+                conn.session.eof_received(self.clock())
+                self._pump(conn, eof=True)
+                return
+            elif -res not in (errno.ENOBUFS, errno.ECANCELED):
+                self._close(conn)
+                return
+        finally:
+            if view is not None:
+                view.release()
+                c.result.close()  # the buffer goes back to the kernel's ring
+        if conn.closed:
+            return
+        if conn.recv_op is None:
+            if self._wants_input(conn):
+                self._arm_recv(conn)
+        elif not self._wants_input(conn):
+            self._stop_reading(conn)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _pump(self, conn: _Conn, eof: bool = False) -> None:
+        """Queue the session's output, start a send if none is in flight, finish if done."""
+        for item in conn.session.take_output():
+            conn.out.append(item)
+            conn.out_bytes += item.count if isinstance(item, FileSlice) else len(item)
+        if conn.sending is None:
+            if conn.out:
+                self._send_next(conn)
+            elif conn.session.closing:
+                self._finish(conn, eof)
+
+    def _send_next(self, conn: _Conn) -> None:
+        out = conn.out
+        head = out[0]
+        if isinstance(head, FileSlice):
+            try:
+                chunk = head.read_chunk(_FILE_CHUNK)
+            except OSError:
+                self._close(conn)
+                return
+            if not chunk:
+                self._close(conn)  # the file shrank: the promised length cannot be sent
+                return
+            head.advance(len(chunk))
+            if head.count == 0:
+                head.close()
+                out.popleft()
+            data: bytes = chunk
+        else:
+            out.popleft()
+            if out and not isinstance(out[0], FileSlice) and len(head) < _SEND_JOIN:
+                parts = [head]
+                size = len(head)
+                while out and not isinstance(out[0], FileSlice) and size < _SEND_JOIN:
+                    part = out.popleft()
+                    assert isinstance(part, bytes)
+                    parts.append(part)
+                    size += len(part)
+                data = b"".join(parts)
+            else:
+                data = head
+        conn.sending = memoryview(data)
+        self.ring.prepare_send(conn.fd, data, _MSG_NOSIGNAL, conn)
+
+    def _on_send(self, c: Any) -> None:
+        conn: _Conn = c.user_data
+        if conn.closed:
+            return
+        res = c.res
+        if res < 0:
+            self._close(conn)
+            return
+        conn.out_bytes -= res
+        conn.session.touch(self.clock())
+        sending = conn.sending
+        assert sending is not None
+        if res < len(sending):
+            rest = sending[res:]
+            conn.sending = rest
+            self.ring.prepare_send(conn.fd, rest, _MSG_NOSIGNAL, conn)
+            return
+        conn.sending = None
+        if conn.out:
+            self._send_next(conn)
+        elif conn.session.closing:
+            self._finish(conn, False)
+        elif conn.recv_op is None and self._wants_input(conn):
+            self._arm_recv(conn)
+
+    def _finish(self, conn: _Conn, eof: bool) -> None:
+        """All output is out and the session is done: close, lingering if the peer may
+        still send (closing with unread input would reset the last response)."""
+        if eof or self.stopping:
+            self._close(conn)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.lingering = True
+        conn.linger_until = self.clock() + _LINGER_SECONDS
+        self._arm_recv(conn)
+
+    # -- timeouts and teardown ---------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        if self.accept_paused and not self.stopping and self.accept_op is None:
+            self.accept_paused = False
+            self._arm_accept()
+        for conn in list(self.conns):
+            if conn.lingering:
+                if now >= conn.linger_until:
+                    self._close(conn)
+            elif conn.session.expired(now):
+                self._close(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self.conns.discard(conn)
+        for item in conn.out:
+            if isinstance(item, FileSlice):
+                item.close()
+        conn.out.clear()
+        # A recv still armed holds a reference to the socket, so closing the descriptor
+        # alone would neither end it nor send FIN: shut the socket down, which completes
+        # the recv (its completion then finds the connection closed).
+        if conn.recv_op is not None or conn.sending is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        conn.sock.close()
+
+    def _log(self, message: str) -> None:
+        if message not in self.logged:
+            self.logged.add(message)
+            print(message, file=sys.stderr, flush=True)
+
+
+class IoUring(Backend):
+    """Completion-based: accept, recv and send submitted to io_uring."""
+
+    name = "io_uring"
+
+    def __init__(self) -> None:
+        self.features: dict[str, bool] = {}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--recv", choices=("single", "multishot"), default="single",
+                            help="single-shot recv into per-connection buffers, or one "
+                                 "multishot recv per connection on a provided-buffer ring "
+                                 "(default: %(default)s, the faster for ping-pong here)")
+
+    def validate(self, settings: Settings, options: argparse.Namespace) -> None:
+        if options.recv not in ("single", "multishot"):
+            raise UsageError(f"--recv {options.recv}: expected single or multishot")
+
+    def prepare(self, settings: Settings, options: argparse.Namespace) -> None:
+        self.features = probe()
+        if options.recv == "multishot" and not self.features["multishot_recv"]:
+            print("io_uring: this kernel has no multishot recv with provided buffers; "
+                  "using single-shot recv", file=sys.stderr, flush=True)
+            options.recv = "single"
+
+    def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
+              options: argparse.Namespace) -> None:
+        UringLoop(listener, settings, stop, multishot_recv=options.recv == "multishot",
+                  multishot_accept=self.features.get("multishot_accept", False)).run()
+
+
+if __name__ == "__main__":
+    main(IoUring())
