@@ -64,7 +64,8 @@ struct khttpd_pending {
 
 struct khttpd_conn {
 	struct socket *sock;
-	size_t in_len;
+	size_t in_start;		/* in[in_start..in_end) is unparsed */
+	size_t in_end;
 	size_t out_len;
 	struct khttpd_pending pend;
 	time64_t date_sec;
@@ -150,10 +151,24 @@ static int khttpd_respond(struct khttpd_conn *c, int code, bool head_only,
 	return 0;
 }
 
+static size_t khttpd_unparsed(struct khttpd_conn *c)
+{
+	return c->in_end - c->in_start;
+}
+
 static void khttpd_consume(struct khttpd_conn *c, size_t n)
 {
-	memmove(c->in, c->in + n, c->in_len - n);
-	c->in_len -= n;
+	c->in_start += n;
+}
+
+/* Move the unparsed bytes to the start of the buffer, before reading more. */
+static void khttpd_compact(struct khttpd_conn *c)
+{
+	if (!c->in_start)
+		return;
+	memmove(c->in, c->in + c->in_start, khttpd_unparsed(c));
+	c->in_end -= c->in_start;
+	c->in_start = 0;
 }
 
 /*
@@ -167,11 +182,12 @@ static int khttpd_skip_body(struct khttpd_conn *c)
 	int ret;
 
 	if (p->chunked) {
-		ret = khttpd_chunked_skip(&p->ck, c->in, c->in_len, &used);
+		ret = khttpd_chunked_skip(&p->ck, c->in + c->in_start,
+					  khttpd_unparsed(c), &used);
 		khttpd_consume(c, used);
 		return ret;
 	}
-	used = min_t(u64, p->skip, c->in_len);
+	used = min_t(u64, p->skip, khttpd_unparsed(c));
 	khttpd_consume(c, used);
 	p->skip -= used;
 	return !p->skip;
@@ -206,9 +222,9 @@ static int khttpd_process(struct khttpd_conn *c)
 				return 0;
 		}
 
-		used = khttpd_parse(c->in, c->in_len, &req);
+		used = khttpd_parse(c->in + c->in_start, khttpd_unparsed(c), &req);
 		if (!used) {
-			if (c->in_len < KHTTPD_MAX_HEAD)
+			if (khttpd_unparsed(c) < KHTTPD_MAX_HEAD)
 				return 1;
 			ret = khttpd_respond(c, 431, false, KHTTPD_CLOSE);
 			return ret ? ret : 0;
@@ -274,10 +290,11 @@ static void khttpd_serve(struct socket *sock)
 			khttpd_linger(c);
 			break;
 		}
-		n = ksrv_recv(sock, c->in + c->in_len, KHTTPD_IN_SIZE - c->in_len);
+		khttpd_compact(c);
+		n = ksrv_recv(sock, c->in + c->in_end, KHTTPD_IN_SIZE - c->in_end);
 		if (n <= 0)
 			break;
-		c->in_len += n;
+		c->in_end += n;
 	}
 	kvfree(c);
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import selectors
 import socket
 import threading
 import time
@@ -235,3 +236,37 @@ def test_unload_under_load(khttpd: int) -> None:
         t.join(15)
     assert not any(t.is_alive() for t in threads)
     assert took < 5.0
+
+
+def test_pipelining_client_that_never_reads(khttpd: int) -> None:
+    before = helpers.meminfo_kib("MemAvailable")
+    hog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    hog.connect(("127.0.0.1", khttpd))
+    try:
+        hog.setblocking(False)
+        burst = b"GET / HTTP/1.1\r\n\r\n" * 1000
+        sent = 0
+        deadline = time.monotonic() + 60
+        with selectors.DefaultSelector() as sel:
+            sel.register(hog, selectors.EVENT_WRITE)
+            while sent < 256 << 20 and time.monotonic() < deadline:
+                try:
+                    # Whole requests only: the rest of a partly sent burst goes first.
+                    offset = sent % len(burst)
+                    sent += hog.send(burst[offset:])
+                    continue
+                except BlockingIOError:
+                    pass
+                if not sel.select(1.5):
+                    break  # the server stopped reading: its responses are not read
+        # Each 18-byte request makes a ~280-byte response; the server stops taking
+        # requests once the socket buffers are full of unread responses.
+        assert sent < 32 << 20, f"server took {sent} bytes of requests"
+        assert before - helpers.meminfo_kib("MemAvailable") < 96 * 1024
+        with helpers.connect(khttpd) as other:
+            other.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert blank_dates(read_exactly(other, real_len(page()))) == page()
+    finally:
+        hog.close()
