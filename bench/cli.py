@@ -2,16 +2,19 @@
 
 Defaults and why (``--servers all`` must finish in under 10 minutes on a 2-core
 machine, ``--quick`` in under 90 s): a run costs warm-up + duration + about
-0.4 s of overhead (server start ~0.1 s, load generator start and connection
-set-up ~0.15 s, stop and bookkeeping ~0.1 s; ~0.3 s more at 1,000
-connections). With ~15 user-space servers x 2 workloads x 4 concurrencies x 3
-repeats = 360 runs, the budget is 600 s / 360 = 1.67 s a run, so the defaults
-are ``--duration 0.75 --warmup 0.2 --repeat 3`` (~1.4 s a run, ~8.5 minutes;
-servers that are skipped, e.g. kernel modules that cannot be loaded on this
-host, cost nothing after their first attempt). 0.75 s at 10k-100k requests/s
-is 7k-75k samples per run, enough for p99; three repeats give a median and a
-spread. ``--quick`` is 2 concurrencies (10, 100) x 1 repeat of 0.5 s + 0.1 s
-warm-up: 60 runs x ~1 s = ~60 s.
+0.45 s of overhead measured on this machine (server start ~0.1 s, load
+generator start and connection set-up ~0.15 s, stop, PSS and bookkeeping), and
+~0.6 s more at 1,000 connections (connection set-up, and the load generator
+waiting out the per-request timeout of clients a server never answered).
+With ~15 user-space servers x 2 workloads x 4 concurrencies x 3 repeats = 360
+runs the budget is 600 s / 360 = 1.67 s a run, so the defaults are
+``--duration 0.6 --warmup 0.15 --repeat 3``: 270 runs x 1.2 s + 90 runs x
+1.8 s = ~8 minutes, leaving room for a busy machine (servers that are skipped,
+e.g. kernel modules that cannot be loaded on this host, cost nothing after
+their first attempt). 0.6 s at 10k-50k requests/s is 6k-30k samples a run,
+enough for p99; three repeats give a median and a spread. ``--quick`` is 2
+concurrencies (10, 100) x 1 repeat of 0.5 s + 0.1 s warm-up: 60 runs x ~1 s =
+~60 s.
 
 Repeats are interleaved round robin: round 1 runs every (workload,
 concurrency, server) once, then round 2 does it again, so that a slow minute of
@@ -33,12 +36,12 @@ from typing import Any
 
 from bench import metrics, progress, report, runner
 
-DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.75,
-            "warmup": 0.2, "repeat": 3}
+DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.6,
+            "warmup": 0.15, "repeat": 3}
 QUICK = {"workloads": "echo,http", "concurrency": "10,100", "duration": 0.5,
          "warmup": 0.1, "repeat": 1}
-RUN_OVERHEAD_S = 0.3
-MANY_CONNECTIONS_EXTRA_S = 0.3  # connection set-up and tear-down at >= 1,000
+RUN_OVERHEAD_S = 0.45
+MANY_CONNECTIONS_EXTRA_S = 0.6  # connection set-up and tear-down at >= 1,000
 PACKAGES = ("tabulate", "psutil", "matplotlib", "uvloop", "trio", "gevent", "httptools",
             "pytest", "pytest-benchmark")
 VM_NOTE = ("figures from an emulated QEMU guest (TCG): compare them only with each other, "
@@ -275,11 +278,10 @@ def run_vm(argv: list[str], options: argparse.Namespace, estimate_s: float) -> i
     print(f"bench: running in the QEMU guest (timeout {progress.fmt_duration(timeout)}): "
           f"{' '.join(command)}", file=sys.stderr)
     try:
-        result = vm.run_in_guest(command, timeout)
+        result = vm.run_in_guest(command, timeout, stream=True)  # output shown as it comes
     except Exception as exc:  # VmError and friends: say why, do not trace back
         print(f"python -m bench: --vm: the guest run failed: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(result.stdout)
     print(f"bench: guest exit status {result.returncode}; results in {out_dir}", file=sys.stderr)
     return result.returncode
 

@@ -6,9 +6,12 @@ children:
 
 * :class:`TreeSampler` snapshots CPU seconds (user + system, plus the times of
   children already reaped, so a forking server's short-lived children are
-  counted once reaped) and context switches at the start and end of the
+  counted once reaped) and context switches (every thread of every process:
+  threads alive at both ends of the window) at the start and end of the
   measured window, and samples the tree's resident memory every 50 ms in a
-  background thread to find its peak.
+  background thread to find its peak. RSS sums count pages shared after a
+  fork once per process, so the proportional set size (PSS) at the end of the
+  window is recorded too.
 * :class:`SyscallCounter` runs ``perf stat -e raw_syscalls:sys_enter -p PIDS``
   over the same window, where perf exists and may attach (detected once by
   :func:`perf_available`); otherwise system calls are simply not reported.
@@ -21,6 +24,7 @@ with the load generator's own measured interval.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import signal
 import subprocess
@@ -48,31 +52,83 @@ class TreeSnapshot:
 
     at: float
     cpu_s: float
-    voluntary: int
-    involuntary: int
+    threads: dict[int, tuple[int, int]]  # tid -> (voluntary, involuntary) switches
     rss: int
     pids: tuple[int, ...]
+
+
+def thread_ctx_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """{tid: (voluntary, involuntary)} context switches of every live thread of ``pid``.
+
+    ``/proc/PID/status`` counts the main thread only, so a thread-per-connection
+    server would look free of context switches; every ``task/TID/status`` is read.
+    """
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        vol = invol = 0
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"voluntary_ctxt_switches:"):
+                        vol = int(line.split()[1])
+                    elif line.startswith(b"nonvoluntary_ctxt_switches:"):
+                        invol = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(tid)] = (vol, invol)
+    return out
+
+
+def tree_pss(pid: int) -> int | None:
+    """Proportional set size of the tree (shared pages split between sharers), or None."""
+    total = 0
+    for proc in tree(pid):
+        try:
+            total += proc.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            continue
+        except (psutil.Error, AttributeError):
+            return None
+    return total
 
 
 def snapshot(pid: int) -> TreeSnapshot:
     """Sum the tree's CPU times (reaped children included), context switches and RSS."""
     cpu = 0.0
-    vol = invol = rss = 0
+    rss = 0
+    threads: dict[int, tuple[int, int]] = {}
     pids = []
     for proc in tree(pid):
         try:
             with proc.oneshot():
                 times = proc.cpu_times()
-                ctx = proc.num_ctx_switches()
                 mem = proc.memory_info()
         except psutil.Error:
             continue
+        threads.update(thread_ctx_switches(proc.pid))
         cpu += times.user + times.system + times.children_user + times.children_system
-        vol += ctx.voluntary
-        invol += ctx.involuntary
         rss += mem.rss
         pids.append(proc.pid)
-    return TreeSnapshot(time.monotonic(), cpu, vol, invol, rss, tuple(pids))
+    return TreeSnapshot(time.monotonic(), cpu, threads, rss, tuple(pids))
+
+
+def switches_between(first: TreeSnapshot, last: TreeSnapshot) -> tuple[int, int]:
+    """Context switches in the window: threads born in it count from zero; threads that
+    died in it are lost (their counts vanish with them)."""
+    vol = invol = 0
+    for tid, (v, i) in last.threads.items():
+        v0, i0 = first.threads.get(tid, (0, 0))
+        if v >= v0 and i >= i0:
+            vol += v - v0
+            invol += i - i0
+        else:  # a recycled thread id: a new thread
+            vol += v
+            invol += i
+    return vol, invol
 
 
 @dataclass
@@ -84,6 +140,7 @@ class TreeUsage:
     voluntary: int
     involuntary: int
     peak_rss: int
+    pss: int | None = None
 
 
 class TreeSampler:
@@ -119,15 +176,18 @@ class TreeSampler:
         """Take the closing snapshot and return the usage over the window."""
         last = snapshot(self.pid)
         self._stop.set()
+        pss = tree_pss(self.pid)
         if self._thread is not None:
             self._thread.join(2.0)
         first = self._first or last
+        vol, invol = switches_between(first, last)
         return TreeUsage(
             window_s=max(last.at - first.at, 1e-9),
             cpu_s=max(last.cpu_s - first.cpu_s, 0.0),
-            voluntary=max(last.voluntary - first.voluntary, 0),
-            involuntary=max(last.involuntary - first.involuntary, 0),
+            voluntary=vol,
+            involuntary=invol,
             peak_rss=max(self._peak, last.rss),
+            pss=pss,
         )
 
 

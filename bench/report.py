@@ -71,6 +71,7 @@ def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, A
     latency["max"] = max(maxes) if maxes else None
     util = _median(r.get("client_cpu_util") for r in measured)
     rss = [r["server_rss_bytes"] for r in measured if r.get("server_rss_bytes")]
+    pss = [r["server_pss_bytes"] for r in measured if r.get("server_pss_bytes")]
     result = {
         "server": server, "workload": workload, "concurrency": concurrency,
         "status": status, "reason": "; ".join(reasons)[:500],
@@ -90,6 +91,7 @@ def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, A
         "ctx_voluntary": _median(r.get("ctx_voluntary") for r in measured),
         "ctx_involuntary": _median(r.get("ctx_involuntary") for r in measured),
         "server_rss_bytes": max(rss) if rss else None,
+        "server_pss_bytes": max(pss) if pss else None,
         "client_cpu_util": util,
         "client_bound": bool(util is not None and util >= 0.9),
         "server_exit": sorted({str(r.get("server_exit")) for r in group}),
@@ -239,7 +241,7 @@ def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
     chosen.sort(key=lambda r: -(r["requests_per_s"] or 0) if r["status"] not in FAILED else 1)
     for r in chosen:
         lat = r["latency_us"]
-        rss = r["server_rss_bytes"]
+        rss, pss = r["server_rss_bytes"], r.get("server_pss_bytes")
         rows.append([
             r["server"], fmt_rate(r["requests_per_s"]) if r["status"] not in FAILED else "-",
             fmt_us(lat.get("p50")), fmt_us(lat.get("p99")),
@@ -247,11 +249,12 @@ def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
             fmt_num(r["ctx_per_req"], 3),
             fmt_num(None if r["server_cpu_util"] is None else 100 * r["server_cpu_util"], 0),
             fmt_num(None if rss is None else rss / 2**20, 1),
+            fmt_num(None if pss is None else pss / 2**20, 1),
             "yes" if r["client_bound"] else "",
             r["status"] + (f": {r['reason'][:60]}" if r["status"] != "ok" and r["reason"] else ""),
         ])
     headers = ["server", "req/s", "p50", "p99", "CPU us/req", "syscalls/req", "ctxsw/req",
-               "srv CPU %", "RSS MiB", "client-bound", "status"]
+               "srv CPU %", "RSS MiB", "PSS MiB", "client-bound", "status"]
     return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
 
 
@@ -377,7 +380,7 @@ CSV_FIELDS = (
     "requests_per_s_min", "requests_per_s_max", "spread_pct", "p50_us", "p90_us", "p99_us",
     "p999_us", "max_us", "errors_total", "server_cpu_s", "server_cpu_s_per_10k",
     "cpu_us_per_req", "syscalls_per_req", "ctx_per_req", "ctx_voluntary", "ctx_involuntary",
-    "server_rss_bytes", "client_cpu_util", "client_bound",
+    "server_rss_bytes", "server_pss_bytes", "client_cpu_util", "client_bound",
 )
 
 

@@ -45,8 +45,8 @@ READY_TIMEOUT = 10.0
 STOP_GRACE = 2.0
 SKIP_EXIT = 3
 CLIENT_BOUND_UTIL = 0.9
-LOADGEN_START_S = 0.15  # python start-up + connect before the load generator's warm-up ends
-WINDOW_TAIL_S = 0.1  # the window closes this long before the load generator stops
+LOADGEN_START_S = 0.1  # the load generator starts (python, connect) in 0.05-0.3 s
+WINDOW_TAIL_S = 0.2  # the window closes this long before the load generator stops
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
@@ -306,7 +306,8 @@ def empty_record(target: Target, workload: str, concurrency: int, repeat: int) -
         "requests_per_s": None, "latency_us": dict.fromkeys(LATENCY_KEYS),
         "latency_mean_us": None, "errors": dict.fromkeys(ERROR_KINDS, 0), "errors_total": 0,
         "server_cpu_s": None, "server_cpu_util": None, "server_cpu_s_per_10k": None,
-        "cpu_us_per_req": None, "server_rss_bytes": None, "ctx_voluntary": None,
+        "cpu_us_per_req": None, "server_rss_bytes": None, "server_pss_bytes": None,
+        "ctx_voluntary": None,
         "ctx_involuntary": None, "ctx_per_req": None, "syscalls": None,
         "syscalls_per_req": None, "client_cpu_util": None, "client_bound": False,
         "server_exit": None, "window_s": None, "duration_s": None, "wall_s": 0.0,
@@ -368,8 +369,9 @@ def _window(
                 break
             time.sleep(0.02)
     finally:
-        usage = sampler.stop()
+        # perf first: while it is attached, /proc/PID/task/*/status reads no switches
         syscalls = counter.stop() if counter else None
+        usage = sampler.stop()
     return usage, syscalls, died_at
 
 
@@ -405,7 +407,7 @@ def _load_and_measure(
         errors_total=result["errors_total"], duration_s=result["duration_s"],
         client_cpu_util=result["client_cpu_util"],
         client_bound=bool(result["client_cpu_util"] >= CLIENT_BOUND_UTIL),
-        window_s=usage.window_s, server_rss_bytes=usage.peak_rss,
+        window_s=usage.window_s, server_rss_bytes=usage.peak_rss, server_pss_bytes=usage.pss,
     )
     served = rps * usage.window_s
     if target.kind != "kernel":  # in-kernel work belongs to no process of the tree
