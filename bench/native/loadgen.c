@@ -572,6 +572,20 @@ static int feed_http(thr_t *t, conn_t *c, const char *d, size_t n, uint64_t now,
             return FEED_ERR;
         }
         c->got_any = 1;
+        if (!c->in_body && c->hlen == 0) {
+            /* common case: the whole head is in this chunk, parse it where it lies */
+            const char *hit = memmem(d, n, "\r\n\r\n", 4);
+            if (hit) {
+                size_t head_len = (size_t)(hit - d) + 4;
+                if (head_len > MAX_HEAD || parse_head(c, d, head_len) < 0) {
+                    *kind = E_WRONG;
+                    return FEED_ERR;
+                }
+                d += head_len;
+                n -= head_len;
+                goto body_check;
+            }
+        }
         if (!c->in_body) {
             uint32_t old = c->hlen;
             size_t take = n;
@@ -617,6 +631,7 @@ static int feed_http(thr_t *t, conn_t *c, const char *d, size_t n, uint64_t now,
             d += take;
             n -= take;
         }
+    body_check:
         if (c->in_body && !c->body_to_eof && c->body_left == 0) {
             c->in_body = 0;
             answer_done(t, c, now, c->status >= 200 && c->status < 300);
