@@ -117,7 +117,7 @@ def _ring_flags(uring: Any) -> int:
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "session", "buf", "out", "out_bytes", "sending", "recv_op",
+    __slots__ = ("sock", "fd", "session", "buf", "view", "out", "out_bytes", "sending", "recv_op",
                  "closed", "lingering", "linger_until")
 
     def __init__(self, sock: socket.socket, session: Session, buf: bytearray | None) -> None:
@@ -125,6 +125,7 @@ class _Conn:
         self.fd = sock.fileno()
         self.session = session
         self.buf = buf
+        self.view = memoryview(buf) if buf is not None else None
         self.out: deque[bytes | FileSlice] = deque()
         self.out_bytes = 0
         self.sending: memoryview | None = None  # the send in flight
@@ -303,6 +304,14 @@ class UringLoop:
         conn: _Conn = c.user_data
         res = c.res
         multishot = self.group is not None
+        if res > 0 and not multishot and not conn.closed and not conn.lingering:
+            # The hot path of single-shot mode: data in, output out, recv re-armed.
+            conn.recv_op = None
+            conn.session.received(conn.view[:res], self.clock())
+            self._pump(conn)
+            if conn.recv_op is None and not conn.closed and self._wants_input(conn):
+                conn.recv_op = self.ring.prepare_recv(conn.fd, conn.buf, 0, conn)
+            return
         if not multishot or not c.flags & _MORE:
             conn.recv_op = None
         view = memoryview(c.result) if multishot and res > 0 else None
@@ -313,7 +322,7 @@ class UringLoop:
                 if conn.lingering:
                     pass  # after our last response: read and discard
                 else:
-                    data = view if view is not None else memoryview(conn.buf)[:res]
+                    data = view if view is not None else conn.view[:res]
                     conn.session.received(data, self.clock())
                     self._pump(conn)
             elif res == 0:
