@@ -302,6 +302,8 @@ def run(argv: list[str] | None = None) -> int:
         duration=resolved["duration"], warmup=resolved["warmup"], idle=options.idle,
         rate=options.rate, size=options.size, pipeline=options.pipeline,
         workers=options.workers, timeout=options.timeout,
+        # an emulated guest starts Python in seconds, not milliseconds
+        ready_timeout=120.0 if options.in_vm else 10.0, slack=120.0 if options.in_vm else 15.0,
     )
     order = plan(targets, resolved["workloads"], resolved["concurrency"], resolved["repeat"])
     estimate = sum(estimate_run_s(settings, conc) for _, _, conc, _ in order)

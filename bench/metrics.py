@@ -46,6 +46,40 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def cores_busy(cpus: list[int] | None) -> float:
+    """CPU seconds spent by anything (not idle, not iowait) on ``cpus`` since boot."""
+    if not cpus:
+        return 0.0
+    per_cpu = psutil.cpu_times(percpu=True)
+    busy = 0.0
+    for cpu in cpus:
+        if cpu < len(per_cpu):
+            t = per_cpu[cpu]
+            busy += sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    return busy
+
+
+def established(port: int) -> int:
+    """TCP connections in state ESTABLISHED whose local port is ``port`` (server side).
+
+    Read from /proc/net/tcp{,6}, so it sees connections still in the accept queue
+    and those of in-kernel servers, which no process owns.
+    """
+    wanted = f":{port:04X}"
+    count = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split(None, 4)
+                    if len(fields) > 3 and fields[3] == "01" and fields[1].endswith(wanted):
+                        count += 1
+        except OSError:
+            continue
+    return count
+
+
 @dataclass
 class TreeSnapshot:
     """Cumulative counters of a process tree at one instant."""
@@ -55,6 +89,7 @@ class TreeSnapshot:
     threads: dict[int, tuple[int, int]]  # tid -> (voluntary, involuntary) switches
     rss: int
     pids: tuple[int, ...]
+    cores_busy: float = 0.0
 
 
 def thread_ctx_switches(pid: int) -> dict[int, tuple[int, int]]:
@@ -141,13 +176,15 @@ class TreeUsage:
     involuntary: int
     peak_rss: int
     pss: int | None = None
+    cores_busy_s: float | None = None  # everything that ran on the server's cores
 
 
 class TreeSampler:
     """Measure a process tree over a window: ``start()``, then ``stop()`` -> TreeUsage."""
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    def __init__(self, pid: int, interval: float = 0.05, cpus: list[int] | None = None) -> None:
         self.pid = pid
+        self.cpus = cpus
         self.interval = interval
         self._peak = 0
         self._stop = threading.Event()
@@ -157,6 +194,7 @@ class TreeSampler:
     def start(self) -> TreeSnapshot:
         """Take the opening snapshot and start sampling memory."""
         self._first = snapshot(self.pid)
+        self._first.cores_busy = cores_busy(self.cpus)
         self._peak = self._first.rss
         self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -175,6 +213,7 @@ class TreeSampler:
     def stop(self) -> TreeUsage:
         """Take the closing snapshot and return the usage over the window."""
         last = snapshot(self.pid)
+        last.cores_busy = cores_busy(self.cpus)
         self._stop.set()
         pss = tree_pss(self.pid)
         if self._thread is not None:
@@ -188,6 +227,7 @@ class TreeSampler:
             involuntary=invol,
             peak_rss=max(self._peak, last.rss),
             pss=pss,
+            cores_busy_s=(last.cores_busy - first.cores_busy) if self.cpus else None,
         )
 
 
@@ -224,36 +264,46 @@ def _parse_perf(text: str) -> int | None:
 
 
 class SyscallCounter:
-    """Count the system calls of a set of processes (and their new children) via perf."""
+    """Count the system calls of a set of processes (all their threads) via perf.
+
+    perf counts over ``perf stat -p PIDS -- sleep SECONDS``: its counters are
+    enabled just before the sleep starts, so the counted window is the sleep,
+    whatever time perf took to attach to many threads on a busy machine.
+    """
 
     def __init__(self, pids: tuple[int, ...]) -> None:
         self.pids = pids
         self._proc: subprocess.Popen[str] | None = None
         self._started = 0.0
+        self._seconds = 0.0
 
-    def start(self) -> bool:
-        """Attach perf; False when perf is unavailable or nothing to attach to."""
+    def start(self, seconds: float) -> bool:
+        """Attach perf for ``seconds``; False when perf is unavailable or no process."""
         if perf_available() is not None or not self.pids:
             return False
         try:
             self._proc = subprocess.Popen(
-                ["perf", "stat", "-x,", "-e", PERF_EVENT, "-p", ",".join(map(str, self.pids))],
+                ["perf", "stat", "-x,", "-e", PERF_EVENT, "-p", ",".join(map(str, self.pids)),
+                 "--", "sleep", f"{seconds:.3f}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )
         except OSError:
             self._proc = None
             return False
         self._started = time.monotonic()
+        self._seconds = seconds
         return True
 
     def stop(self) -> tuple[int, float] | None:
-        """Detach perf; return (system calls counted, seconds attached) or None."""
+        """Wait for perf (interrupting it if the window was cut short); (calls, seconds)."""
         if self._proc is None:
             return None
-        window = time.monotonic() - self._started
-        try:
+        window = self._seconds
+        if self._proc.poll() is None and time.monotonic() - self._started < self._seconds - 0.05:
+            window = time.monotonic() - self._started  # cut short: an approximate window
             self._proc.send_signal(signal.SIGINT)
-            _, err = self._proc.communicate(timeout=5)
+        try:
+            _, err = self._proc.communicate(timeout=self._seconds + 10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.communicate()

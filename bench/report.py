@@ -32,6 +32,9 @@ LEGEND = ("* best in column   ! errors counted   c client-bound (load generator'
           "saturated: a floor, not the server's limit)   x unclean exit   ±: half the range "
           "over the repeats")
 
+MD_LEGEND = LEGEND.replace("* best in column", "**bold**: best in column").replace(
+    "   ", "; ")
+
 
 def _median(values: Iterable[float | None]) -> float | None:
     data = [v for v in values if v is not None]
@@ -93,6 +96,7 @@ def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, A
         "server_rss_bytes": max(rss) if rss else None,
         "server_pss_bytes": max(pss) if pss else None,
         "client_cpu_util": util,
+        "foreign_cpu_util": _median(r.get("foreign_cpu_util") for r in measured),
         "client_bound": bool(util is not None and util >= 0.9),
         "server_exit": sorted({str(r.get("server_exit")) for r in group}),
         "samples": group,
@@ -250,12 +254,65 @@ def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
             fmt_num(None if r["server_cpu_util"] is None else 100 * r["server_cpu_util"], 0),
             fmt_num(None if rss is None else rss / 2**20, 1),
             fmt_num(None if pss is None else pss / 2**20, 1),
+            fmt_num(None if r.get("foreign_cpu_util") is None
+                    else 100 * r["foreign_cpu_util"], 0),
             "yes" if r["client_bound"] else "",
             r["status"] + (f": {r['reason'][:60]}" if r["status"] != "ok" and r["reason"] else ""),
         ])
     headers = ["server", "req/s", "p50", "p99", "CPU us/req", "syscalls/req", "ctxsw/req",
-               "srv CPU %", "RSS MiB", "PSS MiB", "client-bound", "status"]
+               "srv CPU %", "RSS MiB", "PSS MiB", "others on srv core %", "client-bound", "status"]
     return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
+
+
+def diagnose(results: list[dict[str, Any]], workload: str, concurrency: int) -> list[str]:
+    """One line per server saying where it loses against the fastest, from its costs.
+
+    The fastest usable server is the yardstick; a server is said to spend more
+    CPU, system calls or context switches per request when it spends at least
+    1.5x as much, and to wait rather than compute when its core was less than 70%
+    busy (one client at a time, a blocking hand-off, a stall).
+    """
+    chosen = [r for r in results if r["workload"] == workload and r["concurrency"] == concurrency
+              and r["requests_per_s"] is not None and r["status"] not in FAILED]
+    chosen.sort(key=lambda r: -r["requests_per_s"])
+    if not chosen:
+        return []
+    best = next((r for r in chosen if _usable(r)), chosen[0])
+    lines = []
+    for r in chosen:
+        notes = []
+        ratio = best["requests_per_s"] / r["requests_per_s"]
+        if r is not best:
+            notes.append(f"{ratio:.1f}x slower than {best['server']}" if ratio >= 1.1 else
+                         f"within 10% of {best['server']}")
+        for key, what, floor in (("cpu_us_per_req", "CPU per request", 0.0),
+                                 ("syscalls_per_req", "system calls per request", 0.05),
+                                 ("ctx_per_req", "context switches per request", 0.05)):
+            mine, theirs = r.get(key), best.get(key)
+            if r is best or mine is None or theirs is None or mine < floor:
+                continue
+            if mine >= 1.5 * max(theirs, floor):
+                notes.append(f"{mine / max(theirs, 1e-9):.1f}x the {what} "
+                             f"({mine:.3g} vs {theirs:.3g})" if theirs >= floor / 5 else
+                             f"{mine:.2g} {what} ({best['server']}: {theirs:.2g})")
+        util, foreign = r.get("server_cpu_util"), r.get("foreign_cpu_util")
+        if foreign is not None and foreign >= 0.2:
+            notes.append(f"other processes took {100 * foreign:.0f}% of its core (noise)")
+        elif util is not None and util < 0.7 and not r["client_bound"]:
+            notes.append(f"its core only {100 * util:.0f}% busy: it waits rather than computes")
+        if r is best:
+            bits = [f"{r['cpu_us_per_req']:.1f} us CPU" if r.get("cpu_us_per_req") else "",
+                    f"{r['syscalls_per_req']:.2f} system calls" if r.get("syscalls_per_req")
+                    is not None else "",
+                    f"{r['ctx_per_req']:.3f} context switches" if r.get("ctx_per_req")
+                    is not None else ""]
+            notes.insert(0, "fastest: " + ", ".join(b for b in bits if b) + " per request")
+        if r["client_bound"]:
+            notes.append("client-bound: the figure is a floor")
+        if r["errors_total"]:
+            notes.append(f"{r['errors_total']} errors")
+        lines.append(f"{r['server']}: " + "; ".join(notes or ["on a par with the fastest"]))
+    return lines
 
 
 def reference_concurrency(results: list[dict[str, Any]], workload: str) -> int | None:
@@ -322,6 +379,8 @@ def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
         if ref is not None:
             parts.append(f"-- {workload} at c={ref}: cost per request (why) --")
             parts.append(cost_table(results, workload, ref))
+            parts.append(f"-- {workload} at c={ref}: why --")
+            parts.extend("  " + line for line in diagnose(results, workload, ref))
         parts.append("")
     parts.append(LEGEND)
     rank = ranking(results)
@@ -355,7 +414,7 @@ def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str
         f"repeats {settings.get('repeat')} (round robin), idle {settings.get('idle')}, "
         f"rate {settings.get('rate') or 'closed loop'}, size {settings.get('size')} B; "
         f"wall time {meta.get('wall_s', 0):.0f} s",
-        "", LEGEND, "",
+        "", MD_LEGEND, "",
     ]
     for workload in workloads_of(results):
         lines += [f"## {workload}", "", "### requests/s", "",
@@ -364,6 +423,7 @@ def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str
         for c in concurrencies_of(results, workload):
             lines += [f"### cost per request at c={c}", "",
                       cost_table(results, workload, c, "github"), ""]
+            lines += [f"- {line}" for line in diagnose(results, workload, c)] + [""]
     rank = ranking(results)
     if rank:
         lines += ["## ranking", "", "Score: mean over all cells of the server's req/s as a "
@@ -381,6 +441,7 @@ CSV_FIELDS = (
     "p999_us", "max_us", "errors_total", "server_cpu_s", "server_cpu_s_per_10k",
     "cpu_us_per_req", "syscalls_per_req", "ctx_per_req", "ctx_voluntary", "ctx_involuntary",
     "server_rss_bytes", "server_pss_bytes", "client_cpu_util", "client_bound",
+    "foreign_cpu_util",
 )
 
 

@@ -45,7 +45,8 @@ READY_TIMEOUT = 10.0
 STOP_GRACE = 2.0
 SKIP_EXIT = 3
 CLIENT_BOUND_UTIL = 0.9
-LOADGEN_START_S = 0.1  # the load generator starts (python, connect) in 0.05-0.3 s
+LOADGEN_START_S = 0.05  # no load generator connects sooner (python start-up)
+CONNECTED_TO_CLOCK_S = 0.02  # from its first connection to the start of its warm-up
 WINDOW_TAIL_S = 0.2  # the window closes this long before the load generator stops
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,6 +67,8 @@ class Settings:
     workers: int | None = None
     timeout: float = 2.0
     server_args: tuple[str, ...] = ()
+    ready_timeout: float = 10.0  # for the readiness line and the load generator's connections
+    slack: float = 15.0  # beyond warm-up + duration + timeout before a load generator is killed
 
 
 @dataclass(frozen=True)
@@ -310,7 +313,8 @@ def empty_record(target: Target, workload: str, concurrency: int, repeat: int) -
         "ctx_voluntary": None,
         "ctx_involuntary": None, "ctx_per_req": None, "syscalls": None,
         "syscalls_per_req": None, "client_cpu_util": None, "client_bound": False,
-        "server_exit": None, "window_s": None, "duration_s": None, "wall_s": 0.0,
+        "server_exit": None, "foreign_cpu_util": None, "window_s": None, "duration_s": None,
+        "wall_s": 0.0,
     }
 
 
@@ -328,7 +332,8 @@ def measure(
     record = empty_record(target, workload, concurrency, repeat)
     server_cpus, client_cpus = cpus or split_cpus()
     try:
-        server = start_server(target, protocol_of(workload), settings, server_cpus)
+        server = start_server(target, protocol_of(workload), settings, server_cpus,
+                              ready_timeout=settings.ready_timeout)
     except StartFailure as exc:
         record["status"] = "skipped" if exc.skipped else "failed"
         record["reason"] = exc.reason
@@ -336,7 +341,7 @@ def measure(
         return record
     try:
         _load_and_measure(server, target, workload, concurrency, settings, client_cpus,
-                          use_perf, record)
+                          use_perf, record, server_cpus if server_cpus != client_cpus else None)
     finally:
         outcome = server.stop()
         record["server_exit"] = outcome
@@ -349,16 +354,24 @@ def measure(
 
 def _window(
     server: Server, loadgen: subprocess.Popen[str], lead: float, span: float, use_perf: bool,
+    server_cpus: list[int] | None = None, connect_timeout: float = 10.0,
 ) -> tuple[metrics.TreeUsage, tuple[int, float] | None, float | None]:
     """Wait out the warm-up, then measure the server tree until the window closes."""
-    sampler = metrics.TreeSampler(server.proc.pid)
+    sampler = metrics.TreeSampler(server.proc.pid, cpus=server_cpus)
     counter: metrics.SyscallCounter | None = None
+    # The load generator's clock starts when it has connected: wait for its first
+    # connection (bounded), then for the warm-up.
+    time.sleep(LOADGEN_START_S)
+    give_up = time.monotonic() + connect_timeout
+    while (metrics.established(server.port) == 0 and loadgen.poll() is None
+           and server.alive() and time.monotonic() < give_up):
+        time.sleep(0.01)
     time.sleep(lead)
     opened = sampler.start()
     try:
         if use_perf:
             counter = metrics.SyscallCounter(opened.pids)
-            counter.start()
+            counter.start(span)
         died_at = None
         deadline = time.monotonic() + span
         while time.monotonic() < deadline:
@@ -378,21 +391,24 @@ def _window(
 def _load_and_measure(
     server: Server, target: Target, workload: str, concurrency: int, settings: Settings,
     client_cpus: list[int], use_perf: bool, record: dict[str, Any],
+    server_cpus: list[int] | None = None,
 ) -> None:
     argv = loadgen_argv(server.host, server.port, workload, concurrency, settings,
                         threads=max(1, len(client_cpus)), duration=settings.duration)
-    lead = settings.warmup + LOADGEN_START_S
+    lead = settings.warmup + CONNECTED_TO_CLOCK_S
     span = max(settings.duration - WINDOW_TAIL_S, settings.duration * 0.5)
     started = time.monotonic()
     loadgen = start_loadgen(argv, client_cpus)
     try:
-        usage, syscalls, died_at = _window(server, loadgen, lead, span, use_perf)
+        usage, syscalls, died_at = _window(server, loadgen, lead, span, use_perf,
+                                           server_cpus, settings.ready_timeout)
     except BaseException:
         if loadgen.poll() is None:
             os.killpg(loadgen.pid, signal.SIGKILL)
             loadgen.wait()
         raise
-    bound = settings.warmup + settings.duration + settings.timeout + 15.0
+    bound = (settings.warmup + settings.duration + settings.timeout + settings.slack
+             + settings.ready_timeout)
     result, problem = finish_loadgen(loadgen, started + bound - time.monotonic())
     if result is None:
         record["reason"] = problem
@@ -410,6 +426,10 @@ def _load_and_measure(
         window_s=usage.window_s, server_rss_bytes=usage.peak_rss, server_pss_bytes=usage.pss,
     )
     served = rps * usage.window_s
+    if usage.cores_busy_s is not None and server_cpus:
+        capacity = usage.window_s * len(server_cpus)
+        own = usage.cpu_s if target.kind != "kernel" else 0.0
+        record["foreign_cpu_util"] = max(usage.cores_busy_s - own, 0.0) / capacity
     if target.kind != "kernel":  # in-kernel work belongs to no process of the tree
         record.update(
             server_cpu_s=usage.cpu_s, server_cpu_util=usage.cpu_s / usage.window_s,
