@@ -83,6 +83,8 @@ typedef struct conn {
     uint8_t resp_close;
     uint8_t got_any;            /* some byte of the current answer arrived */
     uint8_t queued;             /* in the connect queue */
+    uint8_t peer_closed;        /* the peer hung up: no new request on this socket */
+    uint32_t gen;               /* bumped at each close: tells a new socket from the old */
     int status;
     int outstanding;            /* answers still awaited */
     int batch;
@@ -266,6 +268,8 @@ static void conn_close(thr_t *t, conn_t *c)
     c->hlen = 0;
     c->body_to_eof = 0;
     c->resp_close = 0;
+    c->peer_closed = 0;
+    c->gen++;
 }
 
 /* Drop the request in flight (its reservation is given back for the limit). */
@@ -505,7 +509,7 @@ static void batch_done(thr_t *t, conn_t *c, uint64_t now)
 {
     c->has_req = 0;
     t->inflight--;
-    if (is_connect_workload(t->cfg->workload) || c->resp_close) {
+    if (is_connect_workload(t->cfg->workload) || c->resp_close || c->peer_closed) {
         conn_close(t, c);
         c->resp_close = 0;
     } else {
@@ -725,11 +729,22 @@ static int read_once(thr_t *t, conn_t *c, uint64_t now)
     return (size_t)n == t->rbuf_size;
 }
 
-static void on_readable(thr_t *t, conn_t *c, uint64_t now)
+/* Read until a short recv; when the peer also hung up (the edge that told us is already
+   consumed), read on until EOF or EAGAIN. */
+static void on_readable(thr_t *t, conn_t *c, uint64_t now, int hangup)
 {
-    int fd = c->fd;
-    while (c->fd == fd && read_once(t, c, now))
-        ;
+    uint32_t gen = c->gen;
+    if (hangup)
+        c->peer_closed = 1;
+    for (;;) {
+        int more = read_once(t, c, now);
+        if (c->gen != gen || c->fd < 0)
+            return;
+        if (!more && !hangup)
+            return;
+        if (!more)
+            hangup = 0;         /* one more recv: EOF (or EAGAIN) ends it */
+    }
 }
 
 static void on_event(thr_t *t, conn_t *c, uint32_t ev, uint64_t now)
@@ -759,7 +774,7 @@ static void on_event(thr_t *t, conn_t *c, uint32_t ev, uint64_t now)
             return;
     }
     if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        on_readable(t, c, now);
+        on_readable(t, c, now, (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0);
 }
 
 /* Requests past their deadline count as timeouts. */
