@@ -21,8 +21,11 @@ from bench import report, runner
 
 try:
     from bench import _loadgen  # noqa: F401
+
+    LOADGEN_PROBLEM = ""
 except ImportError as exc:  # pragma: no cover - depends on the build
-    pytest.skip(f"bench._loadgen not importable: {exc}", allow_module_level=True)
+    LOADGEN_PROBLEM = f"bench._loadgen not importable: {exc}"
+needs_loadgen = pytest.mark.skipif(bool(LOADGEN_PROBLEM), reason=LOADGEN_PROBLEM)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "faulty_server.py")
 REQUIRED = ("server", "workload", "concurrency", "requests_per_s", "latency_us", "errors",
@@ -39,6 +42,7 @@ def measure(target: runner.Target, concurrency: int, **settings: object) -> dict
                           use_perf=False)
 
 
+@needs_loadgen
 def test_wrong_bytes_are_counted_as_errors() -> None:
     record = measure(faulty("wrong"), 4, duration=0.5)
     assert record["errors"]["wrong"] > 0, record
@@ -46,6 +50,7 @@ def test_wrong_bytes_are_counted_as_errors() -> None:
     assert "wrong" in record["reason"]
 
 
+@needs_loadgen
 def test_known_delay_is_measured() -> None:
     record = measure(faulty("delay", "--delay-ms", "20"), 2)
     assert record["status"] == "ok", record
@@ -55,6 +60,7 @@ def test_known_delay_is_measured() -> None:
     assert 70 <= record["requests_per_s"] <= 105, record["requests_per_s"]
 
 
+@needs_loadgen
 def test_open_loop_shows_a_stall_that_closed_loop_hides() -> None:
     stall = ("--stall-after", "0.6", "--stall-s", "1.0")
     opened = measure(faulty("stall", *stall), 2, duration=2.5, warmup=0.0, rate=200.0)
@@ -68,6 +74,7 @@ def test_open_loop_shows_a_stall_that_closed_loop_hides() -> None:
     assert closed["latency_us"]["p99"] < 100_000, closed["latency_us"]
 
 
+@needs_loadgen
 def test_crash_mid_run_is_reported_not_hung_on() -> None:
     began = time.monotonic()
     record = measure(faulty("crash", "--crash-after", "0.3"), 4, duration=2.0, timeout=1.0)
@@ -83,6 +90,7 @@ def test_a_server_that_cannot_start_is_a_result() -> None:
     assert record["status"] == "skipped" and record["reason"] == "oops", record
 
 
+@needs_loadgen
 def test_quick_cli_writes_every_output(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "results"
     argv = [sys.executable, "-m", "bench", "--quick", "--servers", "epoll,asyncio",
@@ -114,3 +122,35 @@ def test_bad_flags_exit_2() -> None:
                               text=True, timeout=30, cwd=runner.REPO)
         assert done.returncode == 2, (argv, done.stderr)
         assert "error" in done.stderr
+
+
+def fake_run(server: str, rps: float, status: str = "ok", c: int = 10, errors: int = 0) -> dict:
+    record = runner.empty_record(runner.Target(server, ()), "echo", c, 0)
+    record.update(status=status, requests_per_s=rps, errors_total=errors,
+                  errors={"timeout": errors}, latency_us=dict.fromkeys(report.LATENCY_KEYS, 100))
+    return record
+
+
+def test_aggregate_median_spread_best_and_ranking() -> None:
+    runs = [fake_run("a", v) for v in (900, 1000, 1100)]
+    runs += [fake_run("b", v) for v in (1500, 1600, 1700)]
+    runs += [fake_run("c", 5000, "errors", errors=3)] * 3  # fast only because it dropped clients
+    results = report.aggregate(runs)
+    a = next(r for r in results if r["server"] == "a")
+    assert a["requests_per_s"] == 1000 and a["spread_pct"] == 10.0
+    assert report.best_by_column(results, "echo") == {10: "b"}
+    assert [r["server"] for r in report.ranking(results)] == ["b", "a", "c"]
+    table = report.throughput_table(results, "echo")
+    assert "*1.60k" in table and "5.00k" in table and "!" in table
+
+
+def test_compare_flags_only_changes_beyond_the_spread() -> None:
+    from bench import compare
+
+    old = report.aggregate([fake_run("a", v) for v in (900, 1000, 1100)])[0]
+    same = report.aggregate([fake_run("a", v) for v in (950, 1050, 1080)])[0]
+    faster = report.aggregate([fake_run("a", v) for v in (1500, 1600, 1650)])[0]
+    assert not compare.significant(old, same)
+    assert compare.significant(old, faster)
+    rows = compare.compare_rows([old], [faster])
+    assert rows[0][-1] == "faster" and rows[0][6] == "+60.0%"
