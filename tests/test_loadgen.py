@@ -305,6 +305,23 @@ def test_status_errors_are_counted(http_port: int) -> None:
     assert result["requests"] == 0
 
 
+def test_body_delimited_by_close() -> None:
+    def http10(conn: socket.socket) -> None:
+        conn.settimeout(3)
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nbody until the close")
+            except OSError:
+                pass
+
+    listener, _ = _serve_in_thread(http10, 10_000)
+    with listener:
+        result = loadgen.run("127.0.0.1", listener.getsockname()[1], "http-connect", 2, 20.0,
+                             threads=1, requests=200)
+    assert_clean(result, 200)
+
+
 def test_invalid_parameters() -> None:
     with pytest.raises(ValueError):
         loadgen.run("127.0.0.1", 80, "gopher", 1, 1.0)
