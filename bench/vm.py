@@ -165,7 +165,7 @@ def kernel_image(ver: str) -> tuple[Path, bool]:
     elf = _decompress_vmlinux(vmlinuz.read_bytes())
     if elf is not None and _has_pvh_note(elf):
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(elf)
         tmp.replace(cached)
         return cached, True
@@ -276,7 +276,7 @@ def initramfs(ver: str) -> Path:
         ino += 1
     parts.append(_cpio_entry("TRAILER!!!", 0, ino=0))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
     tmp.write_bytes(b"".join(parts))
     tmp.replace(out)
     return out
@@ -563,12 +563,15 @@ def guest_bench(duration: float, clients: int, rounds: int, size: int = 64) -> i
 def bench(timeout: float = 1200, duration: float = 5.0, clients: int = 8, rounds: int = 2,
           smp: int = 2, mem_mb: int = 2048) -> int:
     """Boot a guest and run :func:`guest_bench` in it (``python -m bench.vm bench``)."""
+    load_before = os.getloadavg()[0]
     res = run_in_guest(
         [str(PYTHON), "-m", "bench.vm", "guest-bench", "-d", str(duration), "-c", str(clients),
          "--rounds", str(rounds)],
         timeout=timeout, smp=smp, mem_mb=mem_mb, stream=True,
     )
-    print(f"[bench.vm] boot {res.boot_s:.1f}s, total {res.total_s:.1f}s", file=sys.stderr)
+    print(f"[bench.vm] boot {res.boot_s:.1f}s, total {res.total_s:.1f}s; host load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (the guest's vCPUs are "
+          f"host threads: a busy host skews every row)", file=sys.stderr)
     return res.returncode
 
 
