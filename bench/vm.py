@@ -201,7 +201,7 @@ if [ -n "$RUN" ]; then
     /bin/sh "$RUN" </dev/null 2>&1
   echo "@@TCPZOO-END rc=$?@@"
 else
-  setsid cttyhack chroot $H /usr/bin/env TCPZOO_GUEST=1 /bin/bash -l
+  setsid cttyhack chroot $H /usr/bin/env TCPZOO_GUEST=1 /bin/sh -c 'cd __ROOT__; exec bash -l'
 fi
 sync
 poweroff -f
@@ -262,6 +262,7 @@ def initramfs(ver: str) -> Path:
     mods = _module_order(ver)
     names = [re.sub(r"\.ko(\..*)?$", "", m.name) for m in mods]
     init = INIT.replace("__MODULES__", " ".join(names)).replace("__BEGIN__", BEGIN)
+    init = init.replace("__ROOT__", shlex.quote(str(ROOT)))
     parts = []
     ino = 1
     for d in ("bin", "dev", "proc", "sys", "mnt", "lib", "lib/modules", "tmp"):
