@@ -137,9 +137,9 @@ static int khttpd_respond(struct khttpd_conn *c, int code, bool head_only,
 	out = c->out + c->out_len;
 	room = KHTTPD_OUT_SIZE - c->out_len;
 	n = scnprintf(out, room,
-		      "HTTP/1.1 %d %s\r\nServer: " KHTTPD_SERVER "\r\nDate: %s\r\n"
+		      "HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
 		      "Content-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
-		      code, st->reason, khttpd_date(c), type, body_len,
+		      code, st->reason, KHTTPD_SERVER, khttpd_date(c), type, body_len,
 		      code == 405 ? "Allow: " KHTTPD_ALLOW "\r\n" : "",
 		      conn_hdr == KHTTPD_CLOSE ? "Connection: close\r\n" :
 		      conn_hdr == KHTTPD_KEEP_10 ? "Connection: keep-alive\r\n" : "");
