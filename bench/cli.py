@@ -262,6 +262,11 @@ def run_vm(argv: list[str], options: argparse.Namespace, estimate_s: float) -> i
         print(f"python -m bench: --vm: bench.vm not available ({exc})", file=sys.stderr)
         return 2
     out_dir = os.path.abspath(options.out or default_out_dir())
+    if out_dir.split(os.sep)[1:2] in (["tmp"], ["run"], ["dev"], ["proc"], ["sys"]):
+        print(f"python -m bench: error: --vm: --out {out_dir}: the guest has its own /tmp and "
+              "/run; choose a directory on the shared file system (e.g. under results/)",
+              file=sys.stderr)
+        return 2
     guest_args, skip = [], False
     for arg in argv:
         if skip:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -266,47 +267,56 @@ def _parse_perf(text: str) -> int | None:
 class SyscallCounter:
     """Count the system calls of a set of processes (all their threads) via perf.
 
-    perf counts over ``perf stat -p PIDS -- sleep SECONDS``: its counters are
-    enabled just before the sleep starts, so the counted window is the sleep,
-    whatever time perf took to attach to many threads on a busy machine.
+    ``perf stat -p PIDS`` runs until SIGINT; the rate is its count over the time
+    perf itself reports as elapsed, which starts once the counters are enabled, so
+    the seconds perf takes to attach to many threads on a busy machine do not
+    dilute it.
     """
 
     def __init__(self, pids: tuple[int, ...]) -> None:
         self.pids = pids
         self._proc: subprocess.Popen[str] | None = None
         self._started = 0.0
-        self._seconds = 0.0
 
-    def start(self, seconds: float) -> bool:
-        """Attach perf for ``seconds``; False when perf is unavailable or no process."""
+    def start(self) -> bool:
+        """Attach perf; False when perf is unavailable or there is nothing to attach to."""
         if perf_available() is not None or not self.pids:
             return False
         try:
             self._proc = subprocess.Popen(
-                ["perf", "stat", "-x,", "-e", PERF_EVENT, "-p", ",".join(map(str, self.pids)),
-                 "--", "sleep", f"{seconds:.3f}"],
+                ["perf", "stat", "--no-big-num", "-e", PERF_EVENT,
+                 "-p", ",".join(map(str, self.pids))],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )
         except OSError:
             self._proc = None
             return False
         self._started = time.monotonic()
-        self._seconds = seconds
         return True
 
     def stop(self) -> tuple[int, float] | None:
-        """Wait for perf (interrupting it if the window was cut short); (calls, seconds)."""
+        """Detach perf; (system calls, seconds counted) or None if nothing was counted."""
         if self._proc is None:
             return None
-        window = self._seconds
-        if self._proc.poll() is None and time.monotonic() - self._started < self._seconds - 0.05:
-            window = time.monotonic() - self._started  # cut short: an approximate window
-            self._proc.send_signal(signal.SIGINT)
+        clock = time.monotonic() - self._started
         try:
-            _, err = self._proc.communicate(timeout=self._seconds + 10)
+            self._proc.send_signal(signal.SIGINT)
+            _, err = self._proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.communicate()
             return None
-        count = _parse_perf(err)
-        return None if count is None else (count, window)
+        count = None
+        elapsed = None
+        for line in err.splitlines():
+            if PERF_EVENT in line:
+                head = line.split()[0] if line.split() else ""
+                count = int(head) if head.isdigit() else None
+            match = re.search(r"([0-9.]+) seconds time elapsed", line)
+            if match:
+                elapsed = float(match.group(1))
+        if count is None:
+            return None
+        if elapsed is None or not 0 < elapsed <= clock + 0.5:
+            elapsed = clock
+        return count, elapsed

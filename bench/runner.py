@@ -371,7 +371,7 @@ def _window(
     try:
         if use_perf:
             counter = metrics.SyscallCounter(opened.pids)
-            counter.start(span)
+            counter.start()
         died_at = None
         deadline = time.monotonic() + span
         while time.monotonic() < deadline:
@@ -382,7 +382,6 @@ def _window(
                 break
             time.sleep(0.02)
     finally:
-        # perf first: while it is attached, /proc/PID/task/*/status reads no switches
         syscalls = counter.stop() if counter else None
         usage = sampler.stop()
     return usage, syscalls, died_at
@@ -441,7 +440,7 @@ def _load_and_measure(
                 cpu_us_per_req=usage.cpu_s / served * 1e6,
                 ctx_per_req=(usage.voluntary + usage.involuntary) / served,
             )
-    if syscalls is not None:
+    if syscalls is not None and target.kind != "kernel":  # kthreads make no system calls
         count, window = syscalls
         record["syscalls"] = count
         if rps > 0:
