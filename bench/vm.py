@@ -55,6 +55,8 @@ GUEST_MODULES = (
 BEGIN = "@@TCPZOO-BEGIN@@"
 END_RE = re.compile(r"@@TCPZOO-END rc=(\d+)@@")
 BUSYBOX = "/bin/busybox"
+# 9p cache mode of the host root in the guest (TCPZOO_VM_9P_CACHE overrides).
+NINEP_CACHE = os.environ.get("TCPZOO_VM_9P_CACHE", "loose")
 
 
 class VmError(RuntimeError):
@@ -184,7 +186,7 @@ for m in __MODULES__; do insmod /lib/modules/$m.ko || echo "init: insmod $m fail
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 H=/mnt/host
 mkdir -p $H
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose hostroot $H || \
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=__CACHE__ hostroot $H || \
   mount -t 9p -o trans=virtio,version=9p2000.L hostroot $H || echo "init: 9p mount failed"
 mount -t proc proc $H/proc
 mount -t sysfs sys $H/sys
@@ -254,7 +256,7 @@ def _read_module(path: Path) -> bytes:
 
 def initramfs(ver: str) -> Path:
     """The cached busybox initramfs for kernel ``ver`` (rebuilt when this file changes)."""
-    out = CACHE / ver / "initramfs.cpio"
+    out = CACHE / ver / f"initramfs-{NINEP_CACHE}.cpio"
     if out.is_file() and out.stat().st_mtime >= Path(__file__).stat().st_mtime:
         return out
     if not Path(BUSYBOX).is_file():
@@ -262,7 +264,7 @@ def initramfs(ver: str) -> Path:
     mods = _module_order(ver)
     names = [re.sub(r"\.ko(\..*)?$", "", m.name) for m in mods]
     init = INIT.replace("__MODULES__", " ".join(names)).replace("__BEGIN__", BEGIN)
-    init = init.replace("__ROOT__", shlex.quote(str(ROOT)))
+    init = init.replace("__ROOT__", shlex.quote(str(ROOT))).replace("__CACHE__", NINEP_CACHE)
     parts = []
     ino = 1
     for d in ("bin", "dev", "proc", "sys", "mnt", "lib", "lib/modules", "tmp"):
