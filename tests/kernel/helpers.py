@@ -99,7 +99,7 @@ def exchange(sock: socket.socket, data: bytes, want: int, timeout: float = 30.0)
             for _key, events in sel.select(min(left, 1.0)):
                 if events & selectors.EVENT_WRITE and view:
                     try:
-                        view = view[sock.send(view[:262144]):]
+                        view = view[sock.send(view):]
                     except BlockingIOError:
                         pass
                     if not view:

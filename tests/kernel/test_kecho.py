@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import selectors
 import socket
 import threading
@@ -51,6 +52,27 @@ def test_echo_fresh_connection(kecho: int, n: int) -> None:
         assert helpers.exchange(s, data, n) == data
         s.shutdown(socket.SHUT_WR)
         assert helpers.read_until_eof(s) == b""
+
+
+def test_one_mebibyte_in_one_write(kecho: int) -> None:
+    data = payload(1 << 20, 11)
+    sent: list[int] = []
+    with helpers.connect(kecho) as s:
+        s.settimeout(None)  # truly blocking: one send(2) copies the whole message
+        sender = threading.Thread(target=lambda: sent.append(s.send(data)))
+        sender.start()
+        got = bytearray()
+        deadline = time.monotonic() + 30
+        while len(got) < len(data):
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([s], [], [], left)[0], f"got {len(got)} bytes"
+            chunk = s.recv(1 << 20)
+            assert chunk, "EOF before the whole message came back"
+            got += chunk
+        sender.join(30)
+    assert not sender.is_alive()
+    assert sent == [len(data)]
+    assert bytes(got) == data
 
 
 def test_100_concurrent_clients(kecho: int) -> None:
