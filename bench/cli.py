@@ -40,7 +40,7 @@ DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration"
             "warmup": 0.15, "repeat": 3}
 QUICK = {"workloads": "echo,http", "concurrency": "10,100", "duration": 0.5,
          "warmup": 0.1, "repeat": 1}
-RUN_OVERHEAD_S = 0.45
+RUN_OVERHEAD_S = 0.5
 MANY_CONNECTIONS_EXTRA_S = 0.6  # connection set-up and tear-down at >= 1,000
 PACKAGES = ("tabulate", "psutil", "matplotlib", "uvloop", "trio", "gevent", "httptools",
             "pytest", "pytest-benchmark")

@@ -51,10 +51,12 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, Any]:
     server, workload, concurrency = key
-    measured = [r for r in group if r.get("requests_per_s") is not None]
+    # medians over the repeats that did not fail (a failed repeat is the status's business)
+    measured = [r for r in group
+                if r.get("requests_per_s") is not None and r["status"] not in FAILED]
     worst = min(group, key=lambda r: STATUS_ORDER.index(r["status"]))
     status = worst["status"]
-    if measured and status in FAILED and len(measured) < len(group):
+    if measured and status in FAILED:
         status = "partial"
     reasons = []
     for run in group:
@@ -367,11 +369,23 @@ def ranking_table(rank: list[dict[str, Any]], workloads: list[str], fmt: str = "
     return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
 
 
+def noise_warning(results: list[dict[str, Any]]) -> str:
+    """A warning when other processes took a noticeable share of the server's core."""
+    foreign = _median(r.get("foreign_cpu_util") for r in results)
+    if foreign is None or foreign < 0.1:
+        return ""
+    return (f"WARNING: other processes used a median {100 * foreign:.0f}% of the server's core "
+            "during the runs: this machine was busy, so the figures are noisy (see the spreads "
+            "and the 'others on srv core' column); rerun on a quiet machine before concluding")
+
+
 def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
     """Everything printed at the end of a run: per-workload tables, costs, ranking."""
     parts = []
     if header_note:
         parts.append(header_note)
+    if noise_warning(results):
+        parts.append(noise_warning(results))
     for workload in workloads_of(results):
         parts.append(f"== {workload}: requests/s (median of repeats) ==")
         parts.append(throughput_table(results, workload))
@@ -404,6 +418,8 @@ def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str
     lines = ["# tcp-zoo benchmark", ""]
     if meta.get("header_note"):
         lines += [f"> {meta['header_note']}", ""]
+    if noise_warning(results):
+        lines += [f"> {noise_warning(results)}", ""]
     lines += [
         f"- machine: {meta.get('machine', {}).get('cpu_model', '?')}, "
         f"{meta.get('machine', {}).get('cpus', '?')} CPUs; kernel "
