@@ -483,6 +483,9 @@ class UringLoop:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            # An operation prepared but not yet submitted names the descriptor by number:
+            # submit it while the number is still this socket's, not a reused one's.
+            self.ring.submit()
         conn.sock.close()
 
     def _log(self, message: str) -> None:
