@@ -371,7 +371,16 @@ class UringLoop:
 
     def _pump(self, conn: _Conn, eof: bool = False) -> None:
         """Queue the session's output, start a send if none is in flight, finish if done."""
-        for item in conn.session.take_output():
+        writes = conn.session.take_output()
+        if (len(writes) == 1 and conn.sending is None and not conn.out
+                and type(writes[0]) is bytes):
+            # The common case (one response, nothing queued): straight onto the ring.
+            data = writes[0]
+            conn.out_bytes += len(data)
+            conn.sending = memoryview(data)
+            self.ring.prepare_send(conn.fd, data, _MSG_NOSIGNAL, conn)
+            return
+        for item in writes:
             conn.out.append(item)
             conn.out_bytes += item.count if isinstance(item, FileSlice) else len(item)
         if conn.sending is None:
