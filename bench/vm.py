@@ -464,6 +464,7 @@ def shell(smp: int = 2, mem_mb: int = 2048) -> int:
 # (label, protocol, argv after "python -m") of the servers compared in the guest.
 BENCH_SERVERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("kecho (CMWQ unbound)", "echo", ("servers.kmod_launch", "--module", "kecho")),
+    ("kecho (CMWQ bound)", "echo", ("servers.kmod_launch", "--module", "kecho-bound")),
     ("kecho (kthread)", "echo", ("servers.kmod_launch", "--module", "kecho-kthread")),
     ("c-epoll", "echo", ("servers.c_epoll", "--proto", "echo")),
     ("khttpd (CMWQ unbound)", "http", ("servers.kmod_launch", "--module", "khttpd")),
