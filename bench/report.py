@@ -510,7 +510,8 @@ def plot(results: list[dict[str, Any]], out_dir: str, note: str = "") -> list[st
             xs = [j + (i - 1.5) * width for j in range(len(chosen))]
             ax.bar(xs, [r["latency_us"].get(key) or 0 for r in chosen], width, label=key)
         ax.set_xticks(range(len(chosen)))
-        ax.set_xticklabels([r["server"] for r in chosen], rotation=30, ha="right")
+        ax.set_xticklabels([r["server"] + (" (errors!)" if r["errors_total"] else "")
+                            for r in chosen], rotation=30, ha="right")
         ax.set_yscale("log")
         ax.set_ylabel("latency (us)")
         ax.set_title(f"{workload}: latency percentiles at c={ref}" + (f"\n{note}" if note else ""))

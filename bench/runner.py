@@ -230,7 +230,7 @@ def start_server(
             tail = server.stderr_tail(1) or "no message"
             server.stop()
             if code == SKIP_EXIT:
-                raise StartFailure(tail, skipped=True)
+                raise StartFailure(tail.removeprefix("skipped:").strip(), skipped=True)
             raise StartFailure(f"exited before ready ({_exit_text(code)}): {tail}")
         if time.monotonic() > deadline:
             tail = server.stderr_tail(1)

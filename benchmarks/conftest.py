@@ -2,8 +2,8 @@
 
 Each (server, workload) param starts its server once, through the registry argv
 and pinned to the server's cores (:mod:`bench.runner`), and stops it after the
-module; a kernel entry that cannot load its module here (exit status 3) is
-skipped with its reason. The sizes can be changed through the environment:
+module (a server that does not stop cleanly gives a warning); a kernel entry
+that cannot load its module here (exit status 3) is skipped with its reason. The sizes can be changed through the environment:
 ``ZOO_BENCH_REQUESTS`` (requests per round, default 10000),
 ``ZOO_BENCH_ROUNDS`` (default 5) and ``ZOO_BENCH_CONCURRENCY`` (default 50;
 servers that serve one client at a time get 1).
@@ -12,6 +12,7 @@ servers that serve one client at a time get 1).
 from __future__ import annotations
 
 import resource
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -59,4 +60,6 @@ def zoo_server(
         yield server, target, workload
     finally:
         outcome = server.stop()
-    assert outcome == "clean", f"{target.name}: {outcome}"
+    if outcome != "clean":  # the numbers stand; the conformance suite owns clean stops
+        warnings.warn(f"{target.name} ({workload}) did not stop cleanly: {outcome}",
+                      stacklevel=1)
