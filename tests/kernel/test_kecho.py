@@ -141,6 +141,10 @@ def test_client_that_never_reads(kecho: int) -> None:
         with helpers.connect(kecho) as other:
             data = payload(100_000, 3)
             assert helpers.exchange(other, data, len(data)) == data
+        # The worker is blocked in sendmsg on the stuffed connection: unloading
+        # must still wake it and finish promptly.
+        took = helpers.unload("kecho")
+        assert took < 2.0, f"rmmod with a stuffed connection took {took:.2f}s"
     finally:
         hog.close()
 

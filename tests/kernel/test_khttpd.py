@@ -268,5 +268,9 @@ def test_pipelining_client_that_never_reads(khttpd: int) -> None:
         with helpers.connect(khttpd) as other:
             other.sendall(b"GET / HTTP/1.1\r\n\r\n")
             assert blank_dates(read_exactly(other, real_len(page()))) == page()
+        # The worker is blocked in sendmsg on the stuffed connection: unloading
+        # must still wake it and finish promptly.
+        took = helpers.unload("khttpd")
+        assert took < 2.0, f"rmmod with a stuffed connection took {took:.2f}s"
     finally:
         hog.close()
