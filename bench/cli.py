@@ -2,19 +2,21 @@
 
 Defaults and why (``--servers all`` must finish in under 10 minutes on a 2-core
 machine, ``--quick`` in under 90 s): a run costs warm-up + duration + about
-0.45 s of overhead measured on this machine (server start ~0.1 s, load
-generator start and connection set-up ~0.15 s, stop, PSS and bookkeeping), and
-~0.6 s more at 1,000 connections (connection set-up, and the load generator
-waiting out the per-request timeout of clients a server never answered).
-With ~15 user-space servers x 2 workloads x 4 concurrencies x 3 repeats = 360
-runs the budget is 600 s / 360 = 1.67 s a run, so the defaults are
-``--duration 0.6 --warmup 0.15 --repeat 3``: 270 runs x 1.2 s + 90 runs x
-1.8 s = ~8 minutes, leaving room for a busy machine (servers that are skipped,
-e.g. kernel modules that cannot be loaded on this host, cost nothing after
-their first attempt). 0.6 s at 10k-50k requests/s is 6k-30k samples a run,
-enough for p99; three repeats give a median and a spread. ``--quick`` is 2
-concurrencies (10, 100) x 1 repeat of 0.5 s + 0.1 s warm-up: 60 runs x ~1 s =
-~60 s.
+0.5 s of overhead measured on this machine (server start ~0.1 s, load
+generator start and connection set-up ~0.15 s, stop, perf, PSS and
+bookkeeping), and ~0.6 s more at 1,000 connections (connection set-up, and the
+load generator waiting out the per-request timeout of clients a server never
+answered). The zoo has ~16 user-space servers: 16 x 2 workloads x 4
+concurrencies x 3 repeats = 384 runs, a budget of 600 s / 384 = 1.56 s a run.
+Measured on this shared 2-core machine (load average 20+ from other work), the
+runs took 1.45 s each on average with 0.6 + 0.15 s, which would be 9.3 minutes;
+so the defaults are ``--duration 0.5 --warmup 0.1 --repeat 3``: 288 runs x
+1.1 s + 96 runs x 1.7 s = ~8 minutes, with room for a busy machine. Kernel
+rows that cannot load their module here cost nothing after the first attempt.
+0.5 s at 10k-50k requests/s is 5k-25k samples a run, enough for p99 (p99.9 is
+indicative); three repeats give a median and a spread. ``--quick`` is 2
+concurrencies (10, 100) x 1 repeat of 0.4 s + 0.1 s warm-up: 64 runs x ~1 s =
+~65 s.
 
 Repeats are interleaved round robin: round 1 runs every (workload,
 concurrency, server) once, then round 2 does it again, so that a slow minute of
@@ -36,9 +38,9 @@ from typing import Any
 
 from bench import metrics, progress, report, runner
 
-DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.6,
-            "warmup": 0.15, "repeat": 3}
-QUICK = {"workloads": "echo,http", "concurrency": "10,100", "duration": 0.5,
+DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.5,
+            "warmup": 0.1, "repeat": 3}
+QUICK = {"workloads": "echo,http", "concurrency": "10,100", "duration": 0.4,
          "warmup": 0.1, "repeat": 1}
 RUN_OVERHEAD_S = 0.5
 MANY_CONNECTIONS_EXTRA_S = 0.6  # connection set-up and tear-down at >= 1,000
