@@ -38,6 +38,10 @@ static bool reuseaddr = true;
 module_param(reuseaddr, bool, 0444);
 MODULE_PARM_DESC(reuseaddr, "set SO_REUSEADDR on the listener (default 1)");
 
+static uint idle_timeout = 30;
+module_param(idle_timeout, uint, 0444);
+MODULE_PARM_DESC(idle_timeout, "close a connection silent this many seconds; 0: never (default 30)");
+
 static void kecho_serve(struct socket *sock)
 {
 	void *buf = kvmalloc(KECHO_BUF_SIZE, GFP_KERNEL);
@@ -72,8 +76,9 @@ static int __init kecho_init(void)
 		pr_err("kecho: mode must be wq or kthread\n");
 		return -EINVAL;
 	}
-	if (backlog <= 0)
+	if (backlog <= 0 || idle_timeout > KSRV_MAX_IDLE_S)
 		return -EINVAL;
+	kecho_srv.idle_timeout = idle_timeout * HZ;
 
 	err = ksrv_start(&kecho_srv, port, backlog, reuseaddr);
 	if (err) {

@@ -51,6 +51,10 @@ static bool reuseaddr = true;
 module_param(reuseaddr, bool, 0444);
 MODULE_PARM_DESC(reuseaddr, "set SO_REUSEADDR on the listener (default 1)");
 
+static uint idle_timeout = 30;
+module_param(idle_timeout, uint, 0444);
+MODULE_PARM_DESC(idle_timeout, "close a connection silent this many seconds; 0: never (default 30)");
+
 /* The answer to a request whose body is still being read (and dropped). */
 struct khttpd_pending {
 	bool active;
@@ -308,8 +312,9 @@ static int __init khttpd_init(void)
 {
 	int err;
 
-	if (backlog <= 0)
+	if (backlog <= 0 || idle_timeout > KSRV_MAX_IDLE_S)
 		return -EINVAL;
+	khttpd_srv.idle_timeout = idle_timeout * HZ;
 	khttpd_srv.mode = bound ? KSRV_WQ_BOUND : KSRV_WQ_UNBOUND;
 	err = ksrv_start(&khttpd_srv, port, backlog, reuseaddr);
 	if (err) {

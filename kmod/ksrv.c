@@ -174,6 +174,9 @@ static int ksrv_listen_fn(void *data)
 		if (!srv->wq)
 			ksrv_reap(srv);
 		tcp_sock_set_nodelay(sock->sk);
+		/* A recvmsg that waits longer returns -EAGAIN: the worker ends. */
+		if (srv->idle_timeout)
+			WRITE_ONCE(sock->sk->sk_rcvtimeo, srv->idle_timeout);
 		if (ksrv_add(srv, sock))
 			sock_release(sock);
 	}

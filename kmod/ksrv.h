@@ -19,6 +19,9 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
+/* The longest idle_timeout a module accepts, in seconds (a day). */
+#define KSRV_MAX_IDLE_S 86400
+
 enum ksrv_mode {
 	KSRV_WQ_UNBOUND,
 	KSRV_WQ_BOUND,
@@ -31,6 +34,8 @@ struct ksrv {
 	enum ksrv_mode mode;
 	/* Serves one connection until it ends; the caller closes the socket. */
 	void (*serve)(struct socket *sock);
+	/* A connection silent this long (jiffies) is closed; 0: never. */
+	long idle_timeout;
 
 	/* Private. */
 	struct socket *listen;

@@ -218,3 +218,13 @@ def test_no_leak_after_connections_and_unload(port: int, mode: str) -> None:
     # own sockets are closed too, so the count comes back to where it was.
     assert helpers.poll_until(lambda: helpers.tcp_sockstat()["alloc"] <= base, 10.0), (
         base, helpers.tcp_sockstat())
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_idle_connection_closed_after_idle_timeout(port: int, mode: str) -> None:
+    helpers.load("kecho", port=port, idle_timeout=1, **MODES[mode])
+    with helpers.connect(port) as s:
+        assert helpers.exchange(s, b"x", 1) == b"x"
+        start = time.monotonic()
+        assert helpers.closed_by_peer(s, 10.0)
+        assert 0.5 < time.monotonic() - start < 10.0

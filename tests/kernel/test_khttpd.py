@@ -274,3 +274,13 @@ def test_pipelining_client_that_never_reads(khttpd: int) -> None:
         assert took < 2.0, f"rmmod with a stuffed connection took {took:.2f}s"
     finally:
         hog.close()
+
+
+def test_idle_connection_closed_after_idle_timeout(port: int) -> None:
+    helpers.load("khttpd", port=port, idle_timeout=1)
+    with helpers.connect(port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        read_exactly(s, real_len(page()))
+        start = time.monotonic()
+        assert helpers.closed_by_peer(s, 10.0)
+        assert 0.5 < time.monotonic() - start < 10.0
