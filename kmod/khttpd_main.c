@@ -55,6 +55,11 @@ static uint idle_timeout = 30;
 module_param(idle_timeout, uint, 0444);
 MODULE_PARM_DESC(idle_timeout, "close a connection silent this many seconds; 0: never (default 30)");
 
+static uint header_timeout = 10;
+module_param(header_timeout, uint, 0444);
+MODULE_PARM_DESC(header_timeout,
+		 "close a client whose request head is not complete this many seconds after it began; 0: never (default 10)");
+
 /* The answer to a request whose body is still being read (and dropped). */
 struct khttpd_pending {
 	bool active;
@@ -72,6 +77,7 @@ struct khttpd_conn {
 	size_t in_end;
 	size_t out_len;
 	struct khttpd_pending pend;
+	unsigned long head_since;	/* jiffies a partial head began, or 0 */
 	time64_t date_sec;
 	char date[KHTTPD_DATE_LEN + 1];
 	char in[KHTTPD_IN_SIZE];
@@ -276,9 +282,31 @@ static void khttpd_linger(struct khttpd_conn *c)
 	}
 }
 
+/*
+ * The receive timeout for the next read: the idle timeout, or less while a
+ * request head is incomplete (0 once its header timeout has passed).
+ */
+static long khttpd_recv_timeout(struct khttpd_conn *c)
+{
+	long timeo = idle_timeout ? idle_timeout * HZ : MAX_SCHEDULE_TIMEOUT;
+	long left;
+
+	if (!header_timeout || c->pend.active || !khttpd_unparsed(c)) {
+		c->head_since = 0;
+		return timeo;
+	}
+	if (!c->head_since)
+		c->head_since = jiffies ? jiffies : 1;
+	left = (long)(c->head_since + header_timeout * HZ - jiffies);
+	if (left <= 0)
+		return 0;
+	return min(timeo, left);
+}
+
 static void khttpd_serve(struct socket *sock)
 {
 	struct khttpd_conn *c = kvzalloc(sizeof(*c), GFP_KERNEL);
+	long timeo;
 	int more, n;
 
 	if (!c)
@@ -294,6 +322,10 @@ static void khttpd_serve(struct socket *sock)
 			khttpd_linger(c);
 			break;
 		}
+		timeo = khttpd_recv_timeout(c);
+		if (!timeo)
+			break;		/* the request head took too long */
+		WRITE_ONCE(sock->sk->sk_rcvtimeo, timeo);
 		khttpd_compact(c);
 		n = ksrv_recv(sock, c->in + c->in_end, KHTTPD_IN_SIZE - c->in_end);
 		if (n <= 0)
@@ -312,7 +344,8 @@ static int __init khttpd_init(void)
 {
 	int err;
 
-	if (backlog <= 0 || idle_timeout > KSRV_MAX_IDLE_S)
+	if (backlog <= 0 || idle_timeout > KSRV_MAX_IDLE_S ||
+	    header_timeout > KSRV_MAX_IDLE_S)
 		return -EINVAL;
 	khttpd_srv.idle_timeout = idle_timeout * HZ;
 	khttpd_srv.mode = bound ? KSRV_WQ_BOUND : KSRV_WQ_UNBOUND;

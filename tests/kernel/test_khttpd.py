@@ -284,3 +284,23 @@ def test_idle_connection_closed_after_idle_timeout(port: int) -> None:
         start = time.monotonic()
         assert helpers.closed_by_peer(s, 10.0)
         assert 0.5 < time.monotonic() - start < 10.0
+
+
+def test_slow_request_head_closed_after_header_timeout(port: int) -> None:
+    helpers.load("khttpd", port=port, header_timeout=1, idle_timeout=30)
+    head = b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 200
+    with helpers.connect(port) as s:
+        start = time.monotonic()
+        closed = False
+        for byte in head:  # a byte every 0.2 s: never idle, never complete
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            if helpers.closed_by_peer(s, 0.2):
+                closed = True
+                break
+        took = time.monotonic() - start
+    assert closed, "a request head dribbled for 40 s was not cut off"
+    assert 0.5 < took < 8.0
