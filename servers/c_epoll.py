@@ -5,7 +5,8 @@ The loop itself is the C extension ``servers._cepoll`` (built by setup.py from
 reasons, error bodies, server name) is read here from ``servers/core/wire.json``
 and handed to C, so c-epoll answers with the same bytes as the Python core.
 
-Limits: no ``--root`` (static files), and chunked request bodies get 400.
+Limits: no ``--root`` (static files). Request bodies (Content-Length or chunked) are
+read and discarded, as in the Python core.
 ``--workers N`` runs N processes, each with its own SO_REUSEPORT listener.
 """
 

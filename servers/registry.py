@@ -120,6 +120,28 @@ ENTRIES: tuple[Entry, ...] = (
           limits="as io_uring, plus an 8 KiB receive buffer per open connection "
                  "(80 MiB at 10,000 clients)",
           args=("--recv", "single"), sendfile=False, event_driven=True),
+    Entry("c-epoll", "servers.c_epoll", "event loop", "epoll",
+          "a small C epoll server (servers._cepoll): the native user-space ceiling the "
+          "Python servers and the kernel modules are measured against",
+          limits="benchmark page only (no --root); "
+                 "one core per process (--workers N for more)",
+          event_driven=True, kind="native", static_files=False),
+    Entry("kecho", "servers.kmod_launch", "kernel", "in-kernel, CMWQ (unbound workqueue)",
+          "kmod/kecho.ko: in-kernel echo, a work item per connection on an unbound workqueue",
+          limits="needs root and module loading (the harness marks it skipped otherwise; "
+                 "python -m bench --vm runs it in a QEMU guest)",
+          args=("--module", "kecho"), concurrent=True, kind="kernel", protocols=("echo",),
+          static_files=False),
+    Entry("kecho-kthread", "servers.kmod_launch", "kernel", "in-kernel, kthread per connection",
+          "kmod/kecho.ko mode=kthread: in-kernel echo, a kernel thread per connection",
+          limits="needs root and module loading; a kthread per client",
+          args=("--module", "kecho-kthread"), kind="kernel", protocols=("echo",),
+          static_files=False),
+    Entry("khttpd", "servers.kmod_launch", "kernel", "in-kernel, CMWQ (unbound workqueue)",
+          "kmod/khttpd.ko: in-kernel HTTP/1.1 (GET / the benchmark page, keep-alive, 400/404)",
+          limits="needs root and module loading; serves only the benchmark page",
+          args=("--module", "khttpd"), kind="kernel", protocols=("http",),
+          static_files=False),
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}

@@ -12,6 +12,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -53,6 +54,8 @@ typedef struct {
     int pend_code;
     int pend_mode;
     int64_t body_left;
+    uint8_t chunk_state;        /* CH_NONE, or where a chunked body's decoder stands */
+    int64_t chunk_left, chunk_total;
     char *in;
     size_t in_len, in_cap;
     char *out;
@@ -230,8 +233,12 @@ typedef struct {
     int root;
     int v10;
     int conn_close, conn_keep;
+    int chunked;
     int64_t clen;               /* -1: none; -2: over the limit */
 } req_t;
+
+enum { CH_NONE, CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
+#define CHUNK_LINE_MAX 1024
 
 /* Parse a complete head (ending in CRLF CRLF). 0 ok, -1 malformed. */
 static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
@@ -318,7 +325,10 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
                 return -1;
             r->clen = n;
         } else if (nl == 17 && strncasecmp(p, "transfer-encoding", 17) == 0) {
-            return -1;          /* chunked request bodies: not supported by c-epoll */
+            /* only "chunked": any other coding cannot be delimited, as llhttp says */
+            if (vl != 7 || strncasecmp(val, "chunked", 7) != 0 || r->chunked)
+                return -1;
+            r->chunked = 1;
         } else if (nl == 10 && strncasecmp(p, "connection", 10) == 0) {
             if (has_token(val, vl, "close"))
                 r->conn_close = 1;
@@ -327,6 +337,90 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
         }
         p = eol + 1;
     }
+    if (r->chunked && r->clen != -1)
+        return -1;              /* both framings at once: request smuggling, refuse */
+    return 0;
+}
+
+/*
+ * Read (and discard) a chunked body from d[0..n). Returns 1 when the body and its
+ * trailers are complete, 0 when more input is needed, -1 if malformed, -2 over the
+ * body limit. *used gets the bytes consumed.
+ */
+static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
+                           size_t *used)
+{
+    size_t off = 0;
+
+    while (off < n) {
+        const char *p = d + off;
+        size_t avail = n - off;
+        const char *eol;
+
+        switch (c->chunk_state) {
+        case CH_DATA: {
+            size_t take = (size_t)c->chunk_left < avail ? (size_t)c->chunk_left : avail;
+
+            c->chunk_left -= (int64_t)take;
+            off += take;
+            if (c->chunk_left == 0)
+                c->chunk_state = CH_DATA_END;
+            break;
+        }
+        case CH_DATA_END:
+            if (avail < 2)
+                goto more;
+            if (p[0] != '\r' || p[1] != '\n')
+                return -1;
+            off += 2;
+            c->chunk_state = CH_SIZE;
+            break;
+        case CH_SIZE: {
+            eol = memmem(p, avail, "\r\n", 2);
+            if (!eol) {
+                if (avail > CHUNK_LINE_MAX)
+                    return -1;
+                goto more;
+            }
+            int64_t size = 0;
+            const char *q = p;
+
+            for (; q < eol && isxdigit((unsigned char)*q); q++) {
+                size = size * 16 + (isdigit((unsigned char)*q) ? *q - '0' :
+                                    (tolower((unsigned char)*q) - 'a' + 10));
+                if (size > (int64_t)max_body)
+                    return -2;
+            }
+            if (q == p || (q < eol && *q != ';' && *q != ' ' && *q != '\t'))
+                return -1;
+            off += (size_t)(eol - p) + 2;
+            c->chunk_total += size;
+            if (c->chunk_total > (int64_t)max_body)
+                return -2;
+            c->chunk_left = size;
+            c->chunk_state = size ? CH_DATA : CH_TRAILER;
+            break;
+        }
+        case CH_TRAILER:
+            eol = memmem(p, avail, "\r\n", 2);
+            if (!eol) {
+                if (avail > CHUNK_LINE_MAX * 8)
+                    return -1;
+                goto more;
+            }
+            off += (size_t)(eol - p) + 2;
+            if (eol == p) {
+                c->chunk_state = CH_NONE;
+                *used = off;
+                return 1;
+            }
+            break;
+        default:
+            return -1;
+        }
+    }
+more:
+    *used = off;
     return 0;
 }
 
@@ -347,6 +441,21 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
 {
     size_t off = 0;
     while (!c->closing && pending_out(c) <= s->hwm) {
+        if (c->chunk_state != CH_NONE) {
+            size_t used = 0;
+            int rc = consume_chunked(c, d + off, n - off, s->max_body, &used);
+
+            off += used;
+            if (rc == 0)
+                break;
+            if (rc < 0) {
+                emit_error(s, c, rc == -2 ? ERR_413 : ERR_400, CLOSE, 0);
+                off = n;
+                break;
+            }
+            respond_pending(s, c);
+            continue;
+        }
         if (c->body_left > 0) {
             size_t take = (size_t)c->body_left < n - off ? (size_t)c->body_left : n - off;
             c->body_left -= (int64_t)take;
@@ -407,8 +516,13 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
                 c->pend_mode = CLOSE;
         }
         c->body_left = r.clen > 0 ? r.clen : 0;
-        if (c->body_left == 0)
+        if (r.chunked) {
+            c->chunk_state = CH_SIZE;
+            c->chunk_left = 0;
+            c->chunk_total = 0;
+        } else if (c->body_left == 0) {
             respond_pending(s, c);
+        }
     }
     if (c->closing)
         return n;               /* the rest is never read */
