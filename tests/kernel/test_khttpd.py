@@ -304,3 +304,16 @@ def test_slow_request_head_closed_after_header_timeout(port: int) -> None:
         took = time.monotonic() - start
     assert closed, "a request head dribbled for 40 s was not cut off"
     assert 0.5 < took < 8.0
+
+
+def test_100_concurrent_keep_alive_clients(khttpd: int) -> None:
+    socks = [helpers.connect(khttpd) for _ in range(100)]
+    try:
+        for _round in range(3):
+            for s in socks:  # every client has a request in flight at once
+                s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            for s in socks:
+                assert blank_dates(read_exactly(s, real_len(page()))) == page()
+    finally:
+        for s in socks:
+            s.close()
