@@ -15,8 +15,9 @@ socket could complete out of order). Two receive modes (``--recv``):
   number of connections. The default: on this machine it cost about 10-15%
   less CPU per echo round trip than ``single`` at 50 and 1,000 connections.
 
-Files are read with ``pread`` into the send buffer and sent on the ring
-(read+send: the binding exposes no splice), so ``sendfile`` is false.
+Files are read+send, both on the ring: a read of the next chunk into a
+buffer the connection keeps, then a send of what it read (the binding exposes
+no splice, so there is no sendfile(2) and ``sendfile`` is false).
 Backpressure: past the write high-water mark no recv is re-armed (multishot:
 the armed one is cancelled) until the output drains. Timeouts are a periodic
 scan of the sessions' deadlines, as in the readiness loop. The stop pipe is
@@ -52,7 +53,7 @@ _SINGLE_RECV_SIZE = 8 * 1024  # per connection in single mode: 10,000 clients = 
 _GROUP_BUFFER_SIZE = 16 * 1024
 _GROUP_BUFFERS = 1024  # shared in multishot mode: 16 MiB whatever the connection count
 _SEND_JOIN = 256 * 1024  # queued bytes joined into one send, at most
-_FILE_CHUNK = 256 * 1024
+_FILE_CHUNK = 256 * 1024  # allocated per connection on its first file, kept
 _LINGER_SECONDS = 1.0
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
@@ -119,7 +120,7 @@ def _ring_flags(uring: Any) -> int:
 
 class _Conn:
     __slots__ = ("sock", "fd", "session", "buf", "view", "out", "out_bytes", "sending", "recv_op",
-                 "cancelling", "closed", "lingering", "linger_until")
+                 "cancelling", "file_read", "file_buf", "closed", "lingering", "linger_until")
 
     def __init__(self, sock: socket.socket, session: Session, buf: bytearray | None) -> None:
         self.sock = sock
@@ -132,6 +133,8 @@ class _Conn:
         self.sending: memoryview | None = None  # the send in flight
         self.recv_op: Any = None  # the armed recv, if any
         self.cancelling = False  # a cancel of the armed multishot recv is on its way
+        self.file_read: FileSlice | None = None  # the file whose chunk is being read
+        self.file_buf: bytearray | None = None
         self.closed = False
         self.lingering = False
         self.linger_until = 0.0
@@ -165,6 +168,7 @@ class UringLoop:
         self.logged: set[str] = set()
         self.kind_recv = (uring.COMPLETION_KIND_RECV, uring.COMPLETION_KIND_RECV_MULTISHOT)
         self.kind_send = uring.COMPLETION_KIND_SEND
+        self.kind_read = uring.COMPLETION_KIND_READ
         shortest = min(settings.idle_timeout, settings.header_timeout)
         self.scan_every = min(1.0, max(0.05, shortest / 4))
 
@@ -194,6 +198,8 @@ class UringLoop:
                             on_recv(c)
                         elif kind == kind_send:
                             on_send(c)
+                        elif kind == self.kind_read:
+                            self._on_read(c)
                         else:
                             self._on_other(c)
                 if self.needs_submit:
@@ -273,7 +279,7 @@ class UringLoop:
             self.ring.prepare_cancel(self.accept_op, _CANCEL)
             self.accept_op = None
         for conn in list(self.conns):
-            if conn.out or conn.sending is not None:
+            if conn.out or conn.sending is not None or conn.file_read is not None:
                 conn.session.closing = True  # finish the response in flight, then close
                 self._stop_reading(conn)
             else:
@@ -372,8 +378,8 @@ class UringLoop:
     def _pump(self, conn: _Conn, eof: bool = False) -> None:
         """Queue the session's output, start a send if none is in flight, finish if done."""
         writes = conn.session.take_output()
-        if (len(writes) == 1 and conn.sending is None and not conn.out
-                and type(writes[0]) is bytes):
+        if (len(writes) == 1 and conn.sending is None and conn.file_read is None
+                and not conn.out and type(writes[0]) is bytes):
             # The common case (one response, nothing queued): straight onto the ring.
             data = writes[0]
             conn.out_bytes += len(data)
@@ -383,44 +389,57 @@ class UringLoop:
         for item in writes:
             conn.out.append(item)
             conn.out_bytes += item.count if isinstance(item, FileSlice) else len(item)
-        if conn.sending is None:
+        if conn.sending is None and conn.file_read is None:
             if conn.out:
                 self._send_next(conn)
             elif conn.session.closing:
                 self._finish(conn, eof)
 
     def _send_next(self, conn: _Conn) -> None:
+        """Start the next operation of the output: a send of queued bytes (adjacent ones
+        joined), or the read of a file's next chunk (sent when the read completes)."""
         out = conn.out
-        head = out[0]
+        head = out.popleft()
         if isinstance(head, FileSlice):
-            try:
-                chunk = head.read_chunk(_FILE_CHUNK)
-            except OSError:
-                self._close(conn)
-                return
-            if not chunk:
-                self._close(conn)  # the file shrank: the promised length cannot be sent
-                return
-            head.advance(len(chunk))
-            if head.count == 0:
-                head.close()
-                out.popleft()
-            data: bytes = chunk
-        else:
-            out.popleft()
-            if out and not isinstance(out[0], FileSlice) and len(head) < _SEND_JOIN:
-                parts = [head]
-                size = len(head)
-                while out and not isinstance(out[0], FileSlice) and size < _SEND_JOIN:
-                    part = out.popleft()
-                    assert isinstance(part, bytes)
-                    parts.append(part)
-                    size += len(part)
-                data = b"".join(parts)
-            else:
-                data = head
+            out.appendleft(head)  # stays queued until its last byte is read
+            if conn.file_buf is None:
+                conn.file_buf = bytearray(_FILE_CHUNK)
+            size = min(head.count, _FILE_CHUNK)
+            conn.file_read = head
+            self.ring.prepare_read(head.file.fileno(), memoryview(conn.file_buf)[:size],
+                                   head.offset, conn)
+            return
+        data = head
+        if out and not isinstance(out[0], FileSlice) and len(head) < _SEND_JOIN:
+            parts = [head]
+            size = len(head)
+            while out and not isinstance(out[0], FileSlice) and size < _SEND_JOIN:
+                part = out.popleft()
+                assert isinstance(part, bytes)
+                parts.append(part)
+                size += len(part)
+            data = b"".join(parts)
         conn.sending = memoryview(data)
         self.ring.prepare_send(conn.fd, data, _MSG_NOSIGNAL, conn)
+
+    def _on_read(self, c: Any) -> None:
+        """A chunk of a file is in the connection's file buffer: send it."""
+        conn: _Conn = c.user_data
+        item, conn.file_read = conn.file_read, None
+        if conn.closed or item is None:
+            return
+        res = c.res
+        if res <= 0:
+            self._close(conn)  # a read error, or the file shrank: the length cannot be kept
+            return
+        item.advance(res)
+        if item.count == 0:
+            item.close()
+            conn.out.popleft()
+        assert conn.file_buf is not None
+        # The buffer is not read into again before this send completes.
+        conn.sending = memoryview(conn.file_buf)[:res]
+        self.ring.prepare_send(conn.fd, conn.sending, _MSG_NOSIGNAL, conn)
 
     def _on_send(self, c: Any) -> None:
         conn: _Conn = c.user_data
@@ -487,7 +506,7 @@ class UringLoop:
         # A recv still armed holds a reference to the socket, so closing the descriptor
         # alone would neither end it nor send FIN: shut the socket down, which completes
         # the recv (its completion then finds the connection closed).
-        if conn.recv_op is not None or conn.sending is not None:
+        if conn.recv_op is not None or conn.sending is not None or conn.file_read is not None:
             try:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:

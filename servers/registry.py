@@ -111,8 +111,8 @@ ENTRIES: tuple[Entry, ...] = (
           "completion: multishot accept, a multishot recv per connection on a shared "
           "provided-buffer ring (16 MiB)",
           limits="needs io_uring (probed at start: exits 1 with the reason if unavailable; "
-                 "single-shot recv where the kernel lacks multishot); files by pread + send "
-                 "on the ring; one core per process (--workers N for more)",
+                 "single-shot recv where the kernel lacks multishot); files by read + send, "
+                 "both on the ring; one core per process (--workers N for more)",
           sendfile=False, event_driven=True),
     Entry("io_uring-single", "servers.io_uring_srv", "completion loop", "io_uring",
           "the io_uring loop with a single-shot recv into a buffer per connection, "
