@@ -402,8 +402,12 @@ def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.S
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m bench`` (dispatches ``compare``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "compare":
-        from bench import compare
+    try:
+        if args and args[0] == "compare":
+            from bench import compare
 
-        return compare.main(args[1:])
-    return run(args)
+            return compare.main(args[1:])
+        return run(args)
+    except BrokenPipeError:  # output piped into head & co.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

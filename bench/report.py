@@ -297,7 +297,10 @@ def diagnose(results: list[dict[str, Any]], workload: str, concurrency: int) -> 
                 notes.append(f"{mine / max(theirs, 1e-9):.1f}x the {what} "
                              f"({mine:.3g} vs {theirs:.3g})" if theirs >= floor / 5 else
                              f"{mine:.2g} {what} ({best['server']}: {theirs:.2g})")
-        util, foreign = r.get("server_cpu_util"), r.get("foreign_cpu_util")
+        # busy share implied by the medians of cost and rate (one consistent pair)
+        util = (r["cpu_us_per_req"] * r["requests_per_s"] / 1e6
+                if r.get("cpu_us_per_req") is not None else r.get("server_cpu_util"))
+        foreign = r.get("foreign_cpu_util")
         if foreign is not None and foreign >= 0.2:
             notes.append(f"other processes took {100 * foreign:.0f}% of its core (noise)")
         elif util is not None and util < 0.7 and not r["client_bound"]:
