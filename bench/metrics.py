@@ -91,6 +91,7 @@ class TreeSnapshot:
     rss: int
     pids: tuple[int, ...]
     cores_busy: float = 0.0
+    other_busy: float = 0.0
 
 
 def thread_ctx_switches(pid: int) -> dict[int, tuple[int, int]]:
@@ -178,14 +179,17 @@ class TreeUsage:
     peak_rss: int
     pss: int | None = None
     cores_busy_s: float | None = None  # everything that ran on the server's cores
+    other_busy_s: float | None = None  # everything that ran on the other (client) cores
 
 
 class TreeSampler:
     """Measure a process tree over a window: ``start()``, then ``stop()`` -> TreeUsage."""
 
-    def __init__(self, pid: int, interval: float = 0.05, cpus: list[int] | None = None) -> None:
+    def __init__(self, pid: int, interval: float = 0.05, cpus: list[int] | None = None,
+                 other_cpus: list[int] | None = None) -> None:
         self.pid = pid
         self.cpus = cpus
+        self.other_cpus = other_cpus
         self.interval = interval
         self._peak = 0
         self._stop = threading.Event()
@@ -196,6 +200,7 @@ class TreeSampler:
         """Take the opening snapshot and start sampling memory."""
         self._first = snapshot(self.pid)
         self._first.cores_busy = cores_busy(self.cpus)
+        self._first.other_busy = cores_busy(self.other_cpus)
         self._peak = self._first.rss
         self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -215,6 +220,7 @@ class TreeSampler:
         """Take the closing snapshot and return the usage over the window."""
         last = snapshot(self.pid)
         last.cores_busy = cores_busy(self.cpus)
+        last.other_busy = cores_busy(self.other_cpus)
         self._stop.set()
         pss = tree_pss(self.pid)
         if self._thread is not None:
@@ -229,6 +235,7 @@ class TreeSampler:
             peak_rss=max(self._peak, last.rss),
             pss=pss,
             cores_busy_s=(last.cores_busy - first.cores_busy) if self.cpus else None,
+            other_busy_s=(last.other_busy - first.other_busy) if self.other_cpus else None,
         )
 
 

@@ -99,6 +99,7 @@ def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, A
         "server_pss_bytes": max(pss) if pss else None,
         "client_cpu_util": util,
         "foreign_cpu_util": _median(r.get("foreign_cpu_util") for r in measured),
+        "client_core_busy": _median(r.get("client_core_busy") for r in measured),
         "client_bound": bool(util is not None and util >= 0.9),
         "server_exit": sorted({str(r.get("server_exit")) for r in group}),
         "samples": group,
@@ -314,6 +315,9 @@ def diagnose(results: list[dict[str, Any]], workload: str, concurrency: int) -> 
             notes.insert(0, "fastest: " + ", ".join(b for b in bits if b) + " per request")
         if r["client_bound"]:
             notes.append("client-bound: the figure is a floor")
+        elif (r.get("client_core_busy") or 0) >= 0.9:
+            notes.append(f"the load generator's core was {100 * r['client_core_busy']:.0f}% "
+                         "busy (other work there): the figure may be a floor")
         if r["errors_total"]:
             notes.append(f"{r['errors_total']} errors")
         lines.append(f"{r['server']}: " + "; ".join(notes or ["on a par with the fastest"]))
@@ -374,12 +378,21 @@ def ranking_table(rank: list[dict[str, Any]], workloads: list[str], fmt: str = "
 
 def noise_warning(results: list[dict[str, Any]]) -> str:
     """A warning when other processes took a noticeable share of the server's core."""
-    foreign = _median(r.get("foreign_cpu_util") for r in results)
-    if foreign is None or foreign < 0.1:
+    foreign = _median(r.get("foreign_cpu_util") for r in results) or 0.0
+    client = _median(r.get("client_core_busy") for r in results) or 0.0
+    client_load = sum(r.get("client_cpu_util") or 0.0 for r in results) / max(len(results), 1)
+    problems = []
+    if foreign >= 0.1:
+        problems.append(f"other processes used a median {100 * foreign:.0f}% of the server's "
+                        "core")
+    if client >= 0.9 and client_load < 0.7:
+        problems.append(f"the load generator's core was a median {100 * client:.0f}% busy, "
+                        "mostly with other work")
+    if not problems:
         return ""
-    return (f"WARNING: other processes used a median {100 * foreign:.0f}% of the server's core "
-            "during the runs: this machine was busy, so the figures are noisy (see the spreads "
-            "and the 'others on srv core' column); rerun on a quiet machine before concluding")
+    return ("WARNING: " + " and ".join(problems) + " during the runs: this machine was busy, "
+            "so the figures are noisy (see the spreads and the 'others on srv core' column); "
+            "rerun on a quiet machine before concluding")
 
 
 def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
@@ -460,7 +473,7 @@ CSV_FIELDS = (
     "p999_us", "max_us", "errors_total", "server_cpu_s", "server_cpu_s_per_10k",
     "cpu_us_per_req", "syscalls_per_req", "ctx_per_req", "ctx_voluntary", "ctx_involuntary",
     "server_rss_bytes", "server_pss_bytes", "client_cpu_util", "client_bound",
-    "foreign_cpu_util",
+    "foreign_cpu_util", "client_core_busy",
 )
 
 

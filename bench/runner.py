@@ -313,7 +313,8 @@ def empty_record(target: Target, workload: str, concurrency: int, repeat: int) -
         "ctx_voluntary": None,
         "ctx_involuntary": None, "ctx_per_req": None, "syscalls": None,
         "syscalls_per_req": None, "client_cpu_util": None, "client_bound": False,
-        "server_exit": None, "foreign_cpu_util": None, "window_s": None, "duration_s": None,
+        "server_exit": None, "foreign_cpu_util": None, "client_core_busy": None,
+        "window_s": None, "duration_s": None,
         "wall_s": 0.0,
     }
 
@@ -355,9 +356,10 @@ def measure(
 def _window(
     server: Server, loadgen: subprocess.Popen[str], lead: float, span: float, use_perf: bool,
     server_cpus: list[int] | None = None, connect_timeout: float = 10.0,
+    client_cpus: list[int] | None = None,
 ) -> tuple[metrics.TreeUsage, tuple[int, float] | None, float | None]:
     """Wait out the warm-up, then measure the server tree until the window closes."""
-    sampler = metrics.TreeSampler(server.proc.pid, cpus=server_cpus)
+    sampler = metrics.TreeSampler(server.proc.pid, cpus=server_cpus, other_cpus=client_cpus)
     counter: metrics.SyscallCounter | None = None
     # The load generator's clock starts when it has connected: wait for its first
     # connection (bounded), then for the warm-up.
@@ -400,7 +402,8 @@ def _load_and_measure(
     loadgen = start_loadgen(argv, client_cpus)
     try:
         usage, syscalls, died_at = _window(server, loadgen, lead, span, use_perf,
-                                           server_cpus, settings.ready_timeout)
+                                           server_cpus, settings.ready_timeout,
+                                           client_cpus if server_cpus else None)
     except BaseException:
         if loadgen.poll() is None:
             os.killpg(loadgen.pid, signal.SIGKILL)
@@ -429,6 +432,10 @@ def _load_and_measure(
         capacity = usage.window_s * len(server_cpus)
         own = usage.cpu_s if target.kind != "kernel" else 0.0
         record["foreign_cpu_util"] = max(usage.cores_busy_s - own, 0.0) / capacity
+    if usage.other_busy_s is not None and client_cpus:
+        # everything on the load generator's cores (it, the harness, other work): >= 0.9
+        # means the load generator may have been starved even if its own share is small
+        record["client_core_busy"] = usage.other_busy_s / (usage.window_s * len(client_cpus))
     if target.kind != "kernel":  # in-kernel work belongs to no process of the tree
         record.update(
             server_cpu_s=usage.cpu_s, server_cpu_util=usage.cpu_s / usage.window_s,
