@@ -178,7 +178,7 @@ def cell_text(result: dict[str, Any] | None, best: bool, markdown: bool = False)
     if result.get("spread_pct") is not None:
         text += f" ±{result['spread_pct']:.0f}%"
     marks = ""
-    if result["errors_total"] or status == "partial":
+    if result["errors_total"] or status in ("partial", "errors"):
         marks += "!"
     if result["client_bound"]:
         marks += "c"

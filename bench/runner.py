@@ -464,8 +464,13 @@ def _load_and_measure(
         record["reason"] = "no request completed" + (
             f"; errors: {error_reason(result['errors'])}" if result["errors_total"] else "")
         return
-    if result["errors_total"]:
+    record["idle_open"] = result.get("idle_open")
+    dropped = settings.idle - (result.get("idle_open") or 0) if settings.idle else 0
+    if result["errors_total"] or dropped > 0:
         record["status"] = "errors"
-        record["reason"] = error_reason(result["errors"])
+        record["reason"] = "; ".join(r for r in (
+            error_reason(result["errors"]),
+            f"{dropped} of {settings.idle} idle connections closed by the server"
+            if dropped > 0 else "") if r)
         return
     record["status"] = "ok"
