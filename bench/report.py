@@ -244,7 +244,8 @@ def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
                fmt: str = "simple") -> str:
     """Per-request costs at one concurrency, fastest first: why one server is faster."""
     rows = []
-    chosen = [r for r in results if r["workload"] == workload and r["concurrency"] == concurrency]
+    chosen = [r for r in results if r["workload"] == workload and r["concurrency"] == concurrency
+              and r["status"] != "skipped"]  # skips are in the throughput table and below
     chosen.sort(key=lambda r: -(r["requests_per_s"] or 0) if r["status"] not in FAILED else 1)
     for r in chosen:
         lat = r["latency_us"]
@@ -259,11 +260,14 @@ def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
             fmt_num(None if pss is None else pss / 2**20, 1),
             fmt_num(None if r.get("foreign_cpu_util") is None
                     else 100 * r["foreign_cpu_util"], 0),
+            fmt_num(None if r.get("client_core_busy") is None
+                    else min(100.0, 100 * r["client_core_busy"]), 0),
             "yes" if r["client_bound"] else "",
-            r["status"] + (f": {r['reason'][:60]}" if r["status"] != "ok" and r["reason"] else ""),
+            r["status"] + (f": {r['reason'][:40]}" if r["status"] != "ok" and r["reason"] else ""),
         ])
     headers = ["server", "req/s", "p50", "p99", "CPU us/req", "syscalls/req", "ctxsw/req",
-               "srv CPU %", "RSS MiB", "PSS MiB", "others on srv core %", "client-bound", "status"]
+               "srv CPU %", "RSS MiB", "PSS MiB", "others on srv core %", "lg core busy %",
+               "client-bound", "status"]
     return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
 
 
@@ -315,9 +319,8 @@ def diagnose(results: list[dict[str, Any]], workload: str, concurrency: int) -> 
             notes.insert(0, "fastest: " + ", ".join(b for b in bits if b) + " per request")
         if r["client_bound"]:
             notes.append("client-bound: the figure is a floor")
-        elif (r.get("client_core_busy") or 0) >= 0.9:
-            notes.append(f"the load generator's core was {100 * r['client_core_busy']:.0f}% "
-                         "busy (other work there): the figure may be a floor")
+        elif (r.get("client_core_busy") or 0) >= 0.9 and (r.get("client_cpu_util") or 0) < 0.7:
+            notes.append("load generator's core busy with other work")
         if r["errors_total"]:
             notes.append(f"{r['errors_total']} errors")
         lines.append(f"{r['server']}: " + "; ".join(notes or ["on a par with the fastest"]))
