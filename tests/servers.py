@@ -27,6 +27,10 @@ READY_TIMEOUT = 20.0
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class ServerUnavailable(Exception):
+    """The server said at start that this machine cannot run it, and why."""
+
+
 def user_space_entries(**wanted: object) -> list[Entry]:
     """Entries runnable on this host (not kernel modules), filtered by attributes."""
     out = []
@@ -132,9 +136,12 @@ def start_server(entry: Entry | str, proto: str, *extra: str,
     line = _read_line(proc, READY_TIMEOUT)
     if not line.startswith("listening on "):
         proc.kill()
-        proc.wait(5)
+        code = proc.wait(5)
         with open(stderr_path, "rb") as f:
             err_text = f.read().decode(errors="replace")
+        if code == 1 and "cannot start:" in err_text:
+            # The backend's own start-up probe refused (e.g. no io_uring in this kernel).
+            raise ServerUnavailable(err_text.strip().splitlines()[-1])
         raise RuntimeError(f"{entry.name} did not become ready: {line!r}; stderr: {err_text}")
     host, _, port = line[len("listening on "):].rpartition(":")
     return RunningServer(entry, proc, host, int(port), stderr_path)
@@ -160,7 +167,14 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
 
 @contextmanager
 def running_server(entry: Entry | str, proto: str, *extra: str) -> Iterator[RunningServer]:
-    server = start_server(entry, proto, *extra)
+    """A started server; a test using it is skipped, with the server's reason, when the
+    server reports that this machine cannot run it."""
+    import pytest
+
+    try:
+        server = start_server(entry, proto, *extra)
+    except ServerUnavailable as exc:
+        pytest.skip(f"server unavailable here: {exc}")
     try:
         yield server
     finally:
