@@ -425,7 +425,13 @@ def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
     if failures:
         parts.append("")
         parts.append("== not clean ==")
+        skipped: set[str] = set()
         for r in failures:
+            if r["status"] == "skipped":
+                if r["server"] not in skipped:  # one line per skipped server
+                    skipped.add(r["server"])
+                    parts.append(f"  {r['server']}: skipped: {r['reason'][:160]}")
+                continue
             parts.append(f"  {r['server']} {r['workload']} c={r['concurrency']}: "
                          f"{r['status']}: {r['reason'][:160]}")
     return "\n".join(parts)

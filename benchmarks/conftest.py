@@ -3,7 +3,8 @@
 Each (server, workload) param starts its server once, through the registry argv
 and pinned to the server's cores (:mod:`bench.runner`), and stops it after the
 module (a server that does not stop cleanly gives a warning); a kernel entry
-that cannot load its module here (exit status 3) is skipped with its reason. The sizes can be changed through the environment:
+that cannot load its module here (exit status 3) is skipped with its reason.
+The sizes can be changed through the environment:
 ``ZOO_BENCH_REQUESTS`` (requests per round, default 10000),
 ``ZOO_BENCH_ROUNDS`` (default 5) and ``ZOO_BENCH_CONCURRENCY`` (default 50;
 servers that serve one client at a time get 1).
