@@ -348,7 +348,7 @@ def run(argv: list[str] | None = None) -> int:
     }
     runs = execute(order, settings, (server_cpus, client_cpus), use_perf,
                    progress.Progress(len(order), estimate / max(len(order), 1),
-                                     enabled=not options.quiet))
+                                     enabled=not options.quiet, lines=options.in_vm))
     meta["finished"] = dt.datetime.now(dt.UTC).isoformat()
     meta["wall_s"] = sum(r["wall_s"] for r in runs)
     meta["complete"] = len(runs) == len(order)

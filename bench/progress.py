@@ -27,14 +27,15 @@ class Progress:
     """Track ``total`` runs whose planned cost is ``planned_s`` seconds each (estimate)."""
 
     def __init__(self, total: int, estimate_per_run: float, stream: TextIO | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, lines: bool = False) -> None:
         self.total = total
         self.done = 0
         self.estimate_per_run = estimate_per_run
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.started = time.monotonic()
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        # ``lines``: one line per run even on a terminal (a guest's serial console)
+        self._tty = not lines and bool(getattr(self.stream, "isatty", lambda: False)())
         self._spent = 0.0  # wall seconds of runs that really ran
         self._ran = 0
         self._width = 0

@@ -316,7 +316,8 @@ def diagnose(results: list[dict[str, Any]], workload: str, concurrency: int) -> 
                     is not None else "",
                     f"{r['ctx_per_req']:.3f} context switches" if r.get("ctx_per_req")
                     is not None else ""]
-            notes.insert(0, "fastest: " + ", ".join(b for b in bits if b) + " per request")
+            costs = ", ".join(b for b in bits if b)
+            notes.insert(0, f"fastest: {costs} per request" if costs else "fastest")
         if r["client_bound"]:
             notes.append("client-bound: the figure is a floor")
         elif (r.get("client_core_busy") or 0) >= 0.9 and (r.get("client_cpu_util") or 0) < 0.7:
