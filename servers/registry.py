@@ -128,8 +128,9 @@ ENTRIES: tuple[Entry, ...] = (
           event_driven=True, kind="native", static_files=False),
     Entry("kecho", "servers.kmod_launch", "kernel", "in-kernel, CMWQ (unbound workqueue)",
           "kmod/kecho.ko: in-kernel echo, a work item per connection on an unbound workqueue",
-          limits="needs root and module loading (the harness marks it skipped otherwise; "
-                 "python -m bench --vm runs it in a QEMU guest)",
+          limits="needs root and a kernel that loads kmod/*.ko (python -m bench --vm runs "
+                 "it in a QEMU guest), else skipped; at most 512 connections served at once "
+                 "(workqueue max_active), the rest wait",
           args=("--module", "kecho"), concurrent=True, kind="kernel", protocols=("echo",),
           static_files=False),
     Entry("kecho-kthread", "servers.kmod_launch", "kernel", "in-kernel, kthread per connection",
