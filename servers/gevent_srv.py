@@ -45,14 +45,18 @@ class Gevent(Backend):
 
         listener.setblocking(False)  # StreamServer never accepts on a blocking listener
         # An unbounded pool, only so that stop() can wait for (and then kill) the handlers.
-        server = gevent.server.StreamServer(listener, handle, spawn=gevent.pool.Pool())
+        pool = gevent.pool.Pool()
+        server = gevent.server.StreamServer(listener, handle, spawn=pool)
         server.start()
         try:
             gevent.socket.wait_read(stop.fileno())
         finally:
             server.close()  # stop accepting
             conns.stop_all()  # idle greenlets see end-of-file; busy ones finish
-            server.stop(timeout=settings.shutdown_grace)
+            pool.join(timeout=settings.shutdown_grace)
+            # What is still running after the grace is abandoned, not waited for (as
+            # StreamServer.stop would, up to one more second): the process exits now.
+            pool.kill(block=False)
 
 
 if __name__ == "__main__":

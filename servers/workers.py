@@ -23,7 +23,8 @@ from servers.settings import Settings
 from servers.stop import StopSignal
 
 _READY_TIMEOUT = 15.0
-_STOP_TIMEOUT = 1.8
+# Workers get Settings.shutdown_grace (1 s) to finish; the parent must be gone within 2 s.
+_STOP_TIMEOUT = 1.5
 
 
 def _run_worker(backend: Backend, settings: Settings, port: int, shared: socket.socket | None,
