@@ -237,7 +237,9 @@ def test_server_that_dies_mid_run() -> None:
     assert time.monotonic() - start < 3.0
     thread.join(timeout=5)
     assert result["requests"] == 50
-    assert result["errors"]["reset"] + result["errors"]["short"] >= 1
+    # Whether the close itself counts (reset/short) depends on whether the FIN arrived
+    # with the 50th answer or after the 51st request went out; the reconnects that follow
+    # are refused either way, so the death is always reported.
     assert result["errors"]["refused"] >= 1
 
 
