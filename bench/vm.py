@@ -192,8 +192,16 @@ mount -t proc proc $H/proc
 mount -t sysfs sys $H/sys
 mount -t devtmpfs dev $H/dev
 mkdir -p /dev/pts; mount -t devpts devpts $H/dev/pts 2>/dev/null
+# The guest gets its own /tmp and /run; a checkout that lives under one of them (a CI
+# clone in /tmp, say) is bound back on top so the guest still sees the project.
+P=__ROOT__
+case "$P" in
+  /tmp/*|/run/*) mkdir -p /mnt/project; mount -o bind "$H$P" /mnt/project;;
+  *) P="";;
+esac
 mount -t tmpfs -o size=512m tmp $H/tmp
 mount -t tmpfs run $H/run 2>/dev/null
+if [ -n "$P" ]; then mkdir -p "$H$P"; mount -o bind /mnt/project "$H$P"; fi
 RUN=$(sed -n 's/.*tcpzoo\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo 3 > /proc/sys/kernel/printk
 if [ -n "$RUN" ]; then
