@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -103,3 +104,15 @@ def test_half_close_gets_every_echo(server: RunningServer) -> None:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         assert recv_until_closed(sock, timeout=30) == data
+
+
+def test_data_and_end_of_file_together(server: RunningServer) -> None:
+    """A short message and the FIN arrive before the server reads: the echo comes back and
+    the connection closes at once, not when the idle timeout (10 s here) fires. Catches
+    an edge-triggered loop that stops at a short read and never sees the hang-up."""
+    with server.connect() as sock:
+        sock.sendall(b"bye")
+        sock.shutdown(socket.SHUT_WR)
+        start = time.monotonic()
+        assert recv_until_closed(sock, timeout=8) == b"bye"
+        assert time.monotonic() - start < 3

@@ -1,8 +1,8 @@
 """Readiness pollers behind one interface: select, poll, epoll (level or edge).
 
 ``register(fd, read, write)``/``modify``/``unregister`` set interest;
-``poll(timeout)`` returns ``(fd, readable, writable)`` triples, errors and
-hang-ups reported as readable so the read path finds them. An edge-triggered
+``poll(timeout)`` returns ``(fd, readable, writable, hangup)`` tuples, errors and
+hang-ups also reported as readable so the read path finds them. An edge-triggered
 poller is registered once for both directions and never modified; the loop
 then reads and writes until EAGAIN.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import select
 from typing import ClassVar
 
-Event = tuple[int, bool, bool]
+Event = tuple[int, bool, bool, bool]
 
 
 class Poller:
@@ -65,7 +65,7 @@ class SelectPoller(Poller):
         r, w, x = select.select(self._readers, self._writers, self._readers, timeout)
         readable = set(r) | set(x)
         writable = set(w)
-        return [(fd, fd in readable, fd in writable) for fd in readable | writable]
+        return [(fd, fd in readable, fd in writable, False) for fd in readable | writable]
 
 
 class PollPoller(Poller):
@@ -93,7 +93,8 @@ class PollPoller(Poller):
     def poll(self, timeout: float | None) -> list[Event]:
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         return [
-            (fd, bool(ev & (self._IN | self._ERR)), bool(ev & select.POLLOUT))
+            (fd, bool(ev & (self._IN | self._ERR)), bool(ev & select.POLLOUT),
+             bool(ev & self._ERR))
             for fd, ev in self._poll.poll(ms)
         ]
 
@@ -104,6 +105,7 @@ class EpollPoller(Poller):
     name = "epoll"
     _IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLPRI
     _ERR = select.EPOLLERR | select.EPOLLHUP
+    _HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -123,7 +125,8 @@ class EpollPoller(Poller):
     def poll(self, timeout: float | None) -> list[Event]:
         events = self._epoll.poll(-1 if timeout is None else timeout)
         return [
-            (fd, bool(ev & (self._IN | self._ERR)), bool(ev & select.EPOLLOUT))
+            (fd, bool(ev & (self._IN | self._ERR)), bool(ev & select.EPOLLOUT),
+             bool(ev & self._HUP))
             for fd, ev in events
         ]
 

@@ -4,8 +4,9 @@ Every connection is a non-blocking socket with a session and an output queue.
 Reads go into one buffer the loop owns (the core copies what it keeps). Output
 is written as far as the socket takes it; past the write high-water mark the
 loop stops reading from that peer until it drains, so a client that never reads
-costs bounded memory. Under edge triggering the loop reads, writes and accepts
-until EAGAIN and remembers a paused reader, since no new edge will come for it.
+costs bounded memory. Under edge triggering the loop reads (until a short read),
+writes and accepts until EAGAIN and remembers a paused reader, since no new edge
+will come for it.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class ReadinessLoop:
                     break
                 busy = self._again or self._accept_again
                 timeout = 0.0 if busy else max(0.0, next_scan - now)
-                for fd, readable, writable in self.poller.poll(timeout):
+                for fd, readable, writable, hangup in self.poller.poll(timeout):
                     if fd == lfd:
                         self._accept()
                     elif fd == sfd:
@@ -95,7 +96,7 @@ class ReadinessLoop:
                         if conn is not None and writable:
                             self._flush(conn)
                         if readable and self.conns.get(fd) is conn is not None:
-                            self._read(conn)
+                            self._read(conn, hangup)
                 if self._accept_again and not self._stopping:
                     self._accept()
                 if self._again:
@@ -167,7 +168,7 @@ class ReadinessLoop:
 
     # -- reading -----------------------------------------------------------------------
 
-    def _read(self, conn: _Conn) -> None:
+    def _read(self, conn: _Conn, hangup: bool = False) -> None:
         sock, view = conn.sock, self._view
         while True:
             if conn.lingering:
@@ -189,7 +190,12 @@ class ReadinessLoop:
                 return
             conn.session.received(view[:n], self.clock())
             self._pump(conn)
-            if not self._edge:
+            if not self._edge or (n < len(self._buf) and not hangup):
+                # Level-triggered: the poller will say if more is waiting. Edge-triggered:
+                # a short read means the receive queue was empty, and data arriving later
+                # raises a new edge, so the recv that would only return EAGAIN is skipped;
+                # but a hang-up that came with the data raises no further edge, so then
+                # the loop reads on to the end of file.
                 return
 
     def _drain_lingering(self, conn: _Conn) -> None:
