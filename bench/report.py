@@ -508,12 +508,15 @@ def plot(results: list[dict[str, Any]], out_dir: str, note: str = "") -> list[st
     written = []
     for workload in workloads_of(results):
         fig, ax = plt.subplots(figsize=(9, 5.5))
-        for server in servers_of(results):
+        colors = plt.get_cmap("tab20").colors
+        for i, server in enumerate(servers_of(results)):
             points = sorted((r["concurrency"], r["requests_per_s"]) for r in results
                             if r["workload"] == workload and r["server"] == server
                             and r["requests_per_s"] is not None and r["status"] not in FAILED)
             if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=server)
+                # 20 colours and 4 markers: no two of up to 80 servers draw alike.
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=server,
+                        color=colors[i % len(colors)], marker="osD^"[i // len(colors) % 4])
         ax.set_xscale("log")
         ax.set_xlabel("concurrent connections")
         ax.set_ylabel("requests/s (median)")
