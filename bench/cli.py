@@ -37,6 +37,7 @@ import sys
 from typing import Any
 
 from bench import metrics, progress, report, runner
+from servers.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 
 DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.5,
             "warmup": 0.1, "repeat": 3}
@@ -58,41 +59,6 @@ def _csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _positive_float(text) if text.strip() not in ("0", "0.0") else 0.0
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m bench`` argument parser (``compare`` is handled before it)."""
     parser = argparse.ArgumentParser(
@@ -112,22 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULTS['workloads']})")
     parser.add_argument("--concurrency", default=None,
                         help=f"comma list of connection counts (default {DEFAULTS['concurrency']})")
-    parser.add_argument("--duration", type=_positive_float, default=None,
+    parser.add_argument("--duration", type=positive_float, default=None,
                         help=f"measured seconds per run (default {DEFAULTS['duration']})")
-    parser.add_argument("--warmup", type=_non_negative_float, default=None,
+    parser.add_argument("--warmup", type=non_negative_float, default=None,
                         help=f"unmeasured seconds before each run (default {DEFAULTS['warmup']})")
-    parser.add_argument("--repeat", type=_positive_int, default=None,
+    parser.add_argument("--repeat", type=positive_int, default=None,
                         help=f"repeats, interleaved round robin (default {DEFAULTS['repeat']})")
-    parser.add_argument("--idle", type=_non_negative_int, default=0,
+    parser.add_argument("--idle", type=non_negative_int, default=0,
                         help="extra silent connections held open during each run")
-    parser.add_argument("--rate", type=_positive_float, default=None,
+    parser.add_argument("--rate", type=positive_float, default=None,
                         help="open loop at this total requests/s (default: closed loop)")
-    parser.add_argument("--size", type=_positive_int, default=64, help="echo payload bytes")
-    parser.add_argument("--pipeline", type=_positive_int, default=8,
+    parser.add_argument("--size", type=positive_int, default=64, help="echo payload bytes")
+    parser.add_argument("--pipeline", type=positive_int, default=8,
                         help="depth for the http-pipeline workload")
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="pass --workers N to every server")
-    parser.add_argument("--timeout", type=_positive_float, default=2.0,
+    parser.add_argument("--timeout", type=positive_float, default=2.0,
                         help="per-request timeout of the load generator, s (default 2)")
     parser.add_argument("--out", default=None, help="output directory (default results/<time>/)")
     parser.add_argument("--quick", action="store_true", help="a short run (under 90 s)")

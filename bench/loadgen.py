@@ -26,6 +26,8 @@ import socket
 import sys
 from typing import Any
 
+from servers.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+
 WORKLOADS = ("echo", "echo-connect", "http", "http-connect", "http-pipeline")
 ERROR_KINDS = ("refused", "reset", "timeout", "short", "wrong", "status", "other")
 RESULT_KEYS = (
@@ -148,24 +150,6 @@ def _target(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
-
-
-def _non_negative(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.loadgen",
@@ -173,24 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", type=_target, required=True, help="HOST:PORT")
     parser.add_argument("--workload", choices=WORKLOADS, default="http")
-    parser.add_argument("-c", "--connections", type=_positive(int), default=10)
-    parser.add_argument("-d", "--duration", type=_positive(float), default=None,
+    parser.add_argument("-c", "--connections", type=positive_int, default=10)
+    parser.add_argument("-d", "--duration", type=positive_float, default=None,
                         help=f"seconds (default {DEFAULT_DURATION:g}; with --requests, "
                              f"an upper bound of {LIMITED_DURATION_CAP:g})")
-    parser.add_argument("--rate", type=_positive(float), default=None,
+    parser.add_argument("--rate", type=positive_float, default=None,
                         help="open loop: total requests/s (latency from the due time)")
-    parser.add_argument("--size", type=_positive(int), default=64, help="echo payload bytes")
-    parser.add_argument("--pipeline", type=_positive(int), default=1,
+    parser.add_argument("--size", type=positive_int, default=64, help="echo payload bytes")
+    parser.add_argument("--pipeline", type=positive_int, default=1,
                         help="http-pipeline depth")
-    parser.add_argument("--threads", type=_positive(int), default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="client threads (default: CPUs in the affinity mask)")
-    parser.add_argument("--idle", type=_non_negative(int), default=0,
+    parser.add_argument("--idle", type=non_negative_int, default=0,
                         help="extra silent connections held open")
-    parser.add_argument("--warmup", type=_non_negative(float), default=0.0,
+    parser.add_argument("--warmup", type=non_negative_float, default=0.0,
                         help="seconds run first and not measured")
-    parser.add_argument("--requests", type=_positive(int), default=None,
+    parser.add_argument("--requests", type=positive_int, default=None,
                         help="stop after exactly this many completed requests")
-    parser.add_argument("--timeout", type=_positive(float), default=5.0,
+    parser.add_argument("--timeout", type=positive_float, default=5.0,
                         help="per-request timeout, s")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return parser

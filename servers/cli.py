@@ -10,40 +10,12 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-from pathlib import Path
 
+from servers.argtypes import directory, port, positive_float, positive_int
 from servers.backend import Backend, UsageError
 from servers.listener import announce, open_listener
 from servers.settings import Settings
 from servers.stop import StopSignal
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {text}")
-    return value
-
-
-def _directory(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: not a directory")
-    return path
 
 
 def build_parser(backend: Backend) -> argparse.ArgumentParser:
@@ -55,28 +27,28 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     parser.add_argument("--proto", choices=("echo", "http"), default=defaults.proto,
                         help="protocol to serve (default: %(default)s)")
     parser.add_argument("--host", default=defaults.host, help="address (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=defaults.port,
+    parser.add_argument("--port", type=port, default=defaults.port,
                         help="port; 0 takes a free one (default: %(default)s)")
-    parser.add_argument("--root", type=_directory, default=None,
+    parser.add_argument("--root", type=directory, default=None,
                         help="serve the files under this directory (http only)")
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"worker processes (default: {backend.default_workers})")
-    parser.add_argument("--idle-timeout", type=_positive_float, default=defaults.idle_timeout,
+    parser.add_argument("--idle-timeout", type=positive_float, default=defaults.idle_timeout,
                         help="close a connection silent this long, s (default: %(default)s)")
-    parser.add_argument("--header-timeout", type=_positive_float,
+    parser.add_argument("--header-timeout", type=positive_float,
                         default=defaults.header_timeout,
                         help="close a client whose request head is not complete this long "
                              "after it began, s (default: %(default)s)")
-    parser.add_argument("--max-header-bytes", type=_positive_int,
+    parser.add_argument("--max-header-bytes", type=positive_int,
                         default=defaults.max_header_bytes,
                         help="larger request heads get 431 (default: %(default)s)")
-    parser.add_argument("--max-body-bytes", type=_positive_int, default=defaults.max_body_bytes,
+    parser.add_argument("--max-body-bytes", type=positive_int, default=defaults.max_body_bytes,
                         help="larger request bodies get 413 (default: %(default)s)")
-    parser.add_argument("--write-high-water", type=_positive_int,
+    parser.add_argument("--write-high-water", type=positive_int,
                         default=defaults.write_high_water,
                         help="stop reading from a peer with this much unsent output, bytes "
                              "(default: %(default)s)")
-    parser.add_argument("--backlog", type=_positive_int, default=defaults.backlog,
+    parser.add_argument("--backlog", type=positive_int, default=defaults.backlog,
                         help="listen backlog (default: %(default)s)")
     backend.add_arguments(parser)
     return parser
