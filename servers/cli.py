@@ -20,8 +20,12 @@ from servers.stop import StopSignal
 
 def build_parser(backend: Backend) -> argparse.ArgumentParser:
     defaults = Settings()
+    module = type(backend).__module__
+    if module == "__main__":  # started as python -m servers.<name>: report that name
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
     parser = argparse.ArgumentParser(
-        prog=f"python -m {type(backend).__module__}",
+        prog=f"python -m {module}",
         description=(type(backend).__doc__ or backend.name).strip().splitlines()[0],
     )
     parser.add_argument("--proto", choices=("echo", "http"), default=defaults.proto,
