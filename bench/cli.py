@@ -31,13 +31,13 @@ import datetime as dt
 import importlib.metadata
 import os
 import platform
-import resource
 import subprocess
 import sys
 from typing import Any
 
 from bench import metrics, progress, report, runner
 from servers.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from servers.cli import raise_descriptor_limit
 
 DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.5,
             "warmup": 0.1, "repeat": 3}
@@ -208,16 +208,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
-
-
 def default_out_dir() -> str:
     return os.path.join("results", dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
@@ -287,7 +277,7 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     note = VM_NOTE if options.in_vm else ""
     out_dir = options.out or default_out_dir()
-    raise_fd_limit()
+    raise_descriptor_limit()
     server_cpus, client_cpus = runner.split_cpus()
     if server_cpus != client_cpus:
         os.sched_setaffinity(0, client_cpus)  # keep the harness off the server's cores

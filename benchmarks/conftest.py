@@ -12,23 +12,20 @@ servers that serve one client at a time get 1).
 
 from __future__ import annotations
 
-import resource
 import warnings
 from collections.abc import Iterator
 
 import pytest
 
 from bench import runner
+from servers.cli import raise_descriptor_limit
 from servers.registry import ENTRIES
 
 WORKLOADS = ("echo", "http")
 
 
 def pytest_configure() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    raise_descriptor_limit()
 
 
 def params() -> list[pytest.param]:  # type: ignore[valid-type]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import socket
 from pathlib import Path
 from typing import Any
@@ -44,16 +43,6 @@ def wire_texts(path: Path = WIRE_FILE) -> dict[str, Any]:
     }
 
 
-def _raise_nofile() -> None:
-    """Let the server hold as many connections as the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
-
 class CEpoll(Backend):
     """Native C epoll loop: one thread, level-triggered, non-blocking (echo and http)."""
 
@@ -64,14 +53,10 @@ class CEpoll(Backend):
         if settings.root is not None:
             raise UsageError("c-epoll serves only the benchmark page; --root is not supported")
 
-    def prepare(self, settings: Settings, options: argparse.Namespace) -> None:
-        _raise_nofile()
-
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
         from servers import _cepoll
 
-        _raise_nofile()
         listener.setblocking(False)
         # C owns the descriptor from here on and closes it when it stops.
         fd = listener.detach()

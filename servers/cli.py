@@ -80,12 +80,14 @@ def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
 
 
 def raise_descriptor_limit() -> int:
-    """Lift the soft RLIMIT_NOFILE to the hard limit (thousands of clients need it)."""
+    """Lift the soft RLIMIT_NOFILE to the hard limit (thousands of clients need it);
+    return the soft limit now in force. Shared by the servers, the harness and the tests."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
         except (ValueError, OSError):
             pass
     return soft

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import resource
+from servers.cli import raise_descriptor_limit
 
 
 def pytest_configure() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    raise_descriptor_limit()
