@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import select
-import signal
 import socket
 import subprocess
 import sys
@@ -20,59 +17,24 @@ from pathlib import Path
 import pytest
 
 from bench import loadgen
+from tests.servers import running_server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT = 10.0
 DATE = re.compile(rb"Date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
-
-
-def start_server(*args: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``python -m servers.c_epoll`` and wait for its ``listening on`` line."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servers.c_epoll", "--port", "0", *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    line = b""
-    while time.monotonic() < deadline and not line.endswith(b"\n"):
-        ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
-        if not ready:
-            break
-        chunk = os.read(proc.stdout.fileno(), 1)
-        if not chunk:
-            break
-        line += chunk
-    match = re.match(rb"listening on (\S+):(\d+)", line)
-    if match is None:
-        proc.kill()
-        _, err = proc.communicate(timeout=5)
-        raise AssertionError(f"c-epoll did not start: {line!r} {err!r}")
-    return proc, int(match.group(2))
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-        raise
 
 
 @pytest.fixture(scope="module")
 def echo_port() -> Iterator[int]:
-    proc, port = start_server("--proto", "echo")
-    yield port
-    assert stop_server(proc) == 0
+    server = start_server("c-epoll", "echo")
+    yield server.port
+    assert server.stop(timeout=5) == 0
 
 
 @pytest.fixture(scope="module")
 def http_port() -> Iterator[int]:
-    proc, port = start_server("--proto", "http")
-    yield port
-    assert stop_server(proc) == 0
+    server = start_server("c-epoll", "http")
+    yield server.port
+    assert server.stop(timeout=5) == 0
 
 
 def assert_clean(result: dict, requests: int) -> None:
@@ -140,11 +102,9 @@ def test_idle_connections_stay_open(echo_port: int) -> None:
 
 
 def test_idle_connections_closed_by_the_server() -> None:
-    proc, port = start_server("--proto", "echo", "--idle-timeout", "0.2")
-    try:
-        result = loadgen.run("127.0.0.1", port, "echo", 1, 1.0, threads=1, rate=20, idle=10)
-    finally:
-        stop_server(proc)
+    with running_server("c-epoll", "echo", "--idle-timeout", "0.2") as server:
+        result = loadgen.run("127.0.0.1", server.port, "echo", 1, 1.0, threads=1, rate=20,
+                             idle=10)
     assert result["idle_open"] == 0
     assert result["errors_total"] == 0
 
