@@ -215,14 +215,6 @@ def io_uring_unavailable() -> str | None:
     return None
 
 
-def skip_if_unrunnable(entry: object) -> None:
-    """Skip, with the server's own reason, a backend this host cannot run (io_uring)."""
-    if getattr(entry, "module", "") == "servers.io_uring_srv":
-        reason = io_uring_unavailable()
-        if reason is not None:
-            pytest.skip(reason)
-
-
 def test_io_uring_probe_reports_features_or_skips() -> None:
     reason = io_uring_unavailable()
     if reason is not None:
@@ -274,7 +266,6 @@ def test_io_uring_without_binding_exits_1_with_one_line() -> None:
 
 @pytest.mark.parametrize("entry", EVENT_DRIVEN, ids=ids(EVENT_DRIVEN))
 def test_two_workers_serve_and_stop_cleanly(entry: object) -> None:
-    skip_if_unrunnable(entry)
     with running_server(entry, "echo", "--workers", "2") as server:  # type: ignore[arg-type]
         workers = live(children(server))
         assert len(workers) == 2

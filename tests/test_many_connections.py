@@ -21,7 +21,6 @@ import pytest
 
 from tests.clients import recv_exactly
 from tests.servers import RunningServer, ids, running_server, user_space_entries
-from tests.test_backends_specific import skip_if_unrunnable
 
 CLIENTS = 10_000
 BATCH = 500
@@ -141,7 +140,6 @@ def _still_serves(server: RunningServer) -> None:
 
 @pytest.mark.parametrize("entry", MANY, ids=ids(MANY))
 def test_ten_thousand_concurrent_clients(entry: object) -> None:
-    skip_if_unrunnable(entry)
     _need_descriptors(CLIENTS + 200)
     with running_server(entry, "echo", "--backlog", "4096", "--idle-timeout", "120") as server:
         start = time.monotonic()

@@ -22,7 +22,6 @@ import pytest
 
 from tests.clients import recv_until_closed, without_date
 from tests.servers import ids, running_server, user_space_entries
-from tests.test_backends_specific import skip_if_unrunnable
 
 REFERENCE = "threaded"
 PYTHON = [e for e in user_space_entries(kind="python") if "http" in e.protocols]
@@ -113,7 +112,6 @@ def reference(request: pytest.FixtureRequest, root: Path) -> Iterator[tuple[str,
 @pytest.mark.parametrize("entry", PYTHON, ids=ids(PYTHON))
 def test_same_bytes_as_reference(entry: object, reference: tuple[str, dict],
                                  root: Path) -> None:
-    skip_if_unrunnable(entry)
     mode, expected = reference
     got = _answers(entry, mode, root)
     different = [name for name in CASES if got[name] != expected[name]]
