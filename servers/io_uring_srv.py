@@ -54,7 +54,6 @@ _GROUP_BUFFER_SIZE = 16 * 1024
 _GROUP_BUFFERS = 1024  # shared in multishot mode: 16 MiB whatever the connection count
 _SEND_JOIN = 256 * 1024  # queued bytes joined into one send, at most
 _FILE_CHUNK = 256 * 1024  # allocated per connection on its first file, kept
-_LINGER_SECONDS = 1.0
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 _MORE = 1 << 1  # IORING_CQE_F_MORE
@@ -478,7 +477,7 @@ class UringLoop:
             self._close(conn)
             return
         conn.lingering = True
-        conn.linger_until = self.clock() + _LINGER_SECONDS
+        conn.linger_until = self.clock() + self.settings.linger_seconds
         self._arm_recv(conn)
 
     # -- timeouts and teardown ---------------------------------------------------------

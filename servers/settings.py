@@ -29,3 +29,8 @@ class Settings:
     backlog: int = 1024
     read_size: int = 64 * KIB
     shutdown_grace: float = 1.0
+    # After the last response of a connection we close, the peer may still be sending;
+    # closing with unread input resets the connection and can destroy that response.
+    # So every driver half-closes and drains the peer for at most this long and this much.
+    linger_seconds: float = 1.0
+    linger_bytes: int = 1 * MIB

@@ -33,8 +33,6 @@ from servers.settings import Settings
 from servers.stop import StopSignal
 
 _SEND_CHUNK = 1 << 20
-_LINGER_BYTES = 1 << 20
-_LINGER_SECONDS = 1.0
 
 
 def _trio_time(monotonic_deadline: float) -> float:
@@ -116,8 +114,8 @@ class _Connection:
         try:
             await self.stream.send_eof()
             drained = 0
-            with trio.move_on_after(_LINGER_SECONDS):
-                while drained < _LINGER_BYTES:
+            with trio.move_on_after(self.settings.linger_seconds):
+                while drained < self.settings.linger_bytes:
                     chunk = await self.stream.receive_some(65536)
                     if not chunk:
                         break

@@ -20,7 +20,6 @@ from servers.core import FileSlice, Session, Write, session_factory
 from servers.settings import Settings
 from servers.stop import StopSignal
 
-_LINGER_SECONDS = 1.0
 _FILE_CHUNK = 256 * 1024
 
 
@@ -177,7 +176,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
             # would reset the connection and could destroy the last response.
             self.transport.write_eof()
             self._pause_reading(False)
-            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+            self.loop.call_later(self.server.settings.linger_seconds, self.transport.close)
         else:
             self.transport.close()
 

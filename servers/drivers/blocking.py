@@ -21,8 +21,6 @@ from servers.settings import Settings
 from servers.stop import StopSignal
 
 _SEND_CHUNK = 1 << 20
-_LINGER_BYTES = 1 << 20
-_LINGER_SECONDS = 1.0
 
 
 class ConnectionSet:
@@ -130,7 +128,7 @@ def serve_connection(
                 _send_all(sock, pending, session, settings, clock)
                 pending = []
             if session.closing:
-                _linger_close(sock)
+                _linger_close(sock, settings)
                 return
             now = clock()
             timeout = session.deadline() - now
@@ -180,7 +178,7 @@ def _send_all(sock: socket.socket, writes: list[Write], session: Session, settin
                 item.close()
 
 
-def _linger_close(sock: socket.socket) -> None:
+def _linger_close(sock: socket.socket, settings: Settings) -> None:
     """Close after the last response without losing it to a reset.
 
     Closing with unread input makes the kernel send RST, which can destroy the
@@ -189,10 +187,10 @@ def _linger_close(sock: socket.socket) -> None:
     """
     try:
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(_LINGER_SECONDS)
-        deadline = time.monotonic() + _LINGER_SECONDS
+        sock.settimeout(settings.linger_seconds)
+        deadline = time.monotonic() + settings.linger_seconds
         drained = 0
-        while drained < _LINGER_BYTES and time.monotonic() < deadline:
+        while drained < settings.linger_bytes and time.monotonic() < deadline:
             chunk = sock.recv(65536)
             if not chunk:
                 break

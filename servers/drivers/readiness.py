@@ -26,7 +26,6 @@ from servers.stop import StopSignal
 
 _ACCEPT_BATCH = 64
 _SENDFILE_CHUNK = 1 << 20
-_LINGER_SECONDS = 1.0
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 Pending = bytes | memoryview | FileSlice
@@ -279,7 +278,7 @@ class ReadinessLoop:
             self._close(conn)
             return
         conn.lingering = True
-        conn.linger_until = self.clock() + _LINGER_SECONDS
+        conn.linger_until = self.clock() + self.settings.linger_seconds
         self._set_reading(conn, True)
         self._drain_lingering(conn)
 
