@@ -87,8 +87,8 @@ def supervise(backend: Backend, settings: Settings, stop: StopSignal,
         sys.exit(1)
     announce(settings.host, port)
     while not stop.is_set():
-        select.select([stop, ready_r], [], [], 0.1)
-        if ready_r in select.select([ready_r], [], [], 0)[0]:
+        readable, _, _ = select.select([stop, ready_r], [], [], 0.1)
+        if ready_r in readable:  # a replacement worker says it listens
             os.read(ready_r, 64)
         for _ in range(len(_reap(children))):
             if not stop.is_set():
