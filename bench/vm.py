@@ -2,9 +2,10 @@
 
 The host cannot load modules, so the kernel servers in ``kmod/`` are built against the
 installed Debian headers and exercised in a guest running that same kernel. The guest
-boots from a tiny busybox initramfs, mounts the host's ``/`` over virtio-9p, chroots
-into it and runs one command from the project directory, so the host's Python, venv
-and tree are used unchanged. Output comes back over the serial console between
+boots from a tiny busybox initramfs, mounts the host's ``/`` over virtio-9p, moves that
+mount onto ``/`` and enters it (as switch_root does, so the guest's tasks are not in a
+chroot and can make user namespaces) and runs one command from the project directory,
+so the host's Python, venv and tree are used unchanged. Output comes back over the serial console between
 markers, with the exit status; every wait is bounded.
 
 Library: :func:`run_in_guest`. CLI::
@@ -204,14 +205,18 @@ mount -t tmpfs run $H/run 2>/dev/null
 if [ -n "$P" ]; then mkdir -p "$H$P"; mount -o bind /mnt/project "$H$P"; fi
 RUN=$(sed -n 's/.*tcpzoo\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo 3 > /proc/sys/kernel/printk
+# The host tree becomes the namespace's root (mounts under it move along), not a chroot:
+# the kernel refuses user namespaces to a chrooted task. This shell keeps the initramfs
+# as its own root, so its busybox applets below still resolve.
+cd $H && mount -o move . / || echo "init: moving the host root onto / failed"
 if [ -n "$RUN" ]; then
   echo "__BEGIN__"
-  chroot $H /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 TCPZOO_GUEST=1 \
+  chroot . /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 TCPZOO_GUEST=1 \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /bin/sh "$RUN" </dev/null 2>&1
   echo "@@TCPZOO-END rc=$?@@"
 else
-  setsid cttyhack chroot $H /usr/bin/env TCPZOO_GUEST=1 /bin/sh -c 'cd __ROOT__; exec bash -l'
+  setsid cttyhack chroot . /usr/bin/env TCPZOO_GUEST=1 /bin/sh -c 'cd __ROOT__; exec bash -l'
 fi
 sync
 poweroff -f
