@@ -2,8 +2,12 @@
  *
  * The native user-space ceiling of tcp-zoo: echo and HTTP/1.1 (GET/HEAD of the
  * benchmark page, keep-alive, pipelining) with per-connection buffers and
- * bounded memory (a peer is not read while its unsent output exceeds the high
- * water mark).  Every response text (page, types, reasons, error bodies, server
+ * bounded memory (while a peer's unsent output exceeds the high water mark, its
+ * requests are not parsed, the unparsed rest is kept, and it is not read: the
+ * mark plus one response, whatever one read held).  The header deadline runs
+ * from a request's first byte; lines end in CRLF or the request gets 400, as
+ * llhttp says.  accept() out of descriptors pauses accepting (100 ms, or until a
+ * connection closes) with one log line per episode.  Every response text (page, types, reasons, error bodies, server
  * name) comes from the caller, who reads servers/core/wire.json; only the shape
  * of a response (WIRE.md) lives here.  The GIL is released while the loop runs
  * and taken back at least every 200 ms to run Python signal handlers.
@@ -45,9 +49,9 @@ typedef struct {
     uint8_t used;
     uint8_t closing;            /* close once the output is flushed */
     uint8_t lingering;          /* write side shut, draining the peer */
-    uint8_t paused;             /* not reading: output over the high water mark */
     uint8_t epout;
     uint8_t epin;
+    uint8_t eof;                /* peer done sending: answer what is kept, then close */
     /* pending response, sent when the request body has been read */
     uint8_t pend;
     uint8_t pend_head_only;
@@ -60,6 +64,7 @@ typedef struct {
     size_t in_len, in_cap;
     char *out;
     size_t out_len, out_off, out_cap;
+    size_t head_skipped;        /* blank-line bytes skipped since head_start */
     uint64_t last_ns, head_start, linger_until;
 } sconn_t;
 
@@ -81,8 +86,11 @@ typedef struct {
     int nconns_cap;
     int live;
     char *rbuf;
-    uint64_t accept_resume;
+    uint64_t accept_resume;     /* listener out of epoll until then (0: in) */
+    int accept_failing;         /* out of descriptors since the backlog was last drained */
 } srv_t;
+
+#define ACCEPT_BACKOFF_NS 100000000ull  /* out of descriptors: retry accept after this */
 
 static inline uint64_t mono_ns(void)
 {
@@ -234,11 +242,54 @@ typedef struct {
     int v10;
     int conn_close, conn_keep;
     int chunked;
+    int te;                     /* a Transfer-Encoding header was present */
+    int te_bad;                 /* ... but its codings cannot be delimited */
     int64_t clen;               /* -1: none; -2: over the limit */
 } req_t;
 
 enum { CH_NONE, CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
 #define CHUNK_LINE_MAX 1024
+
+/*
+ * Find the first CRLF in p[0..n). Lines end in CRLF only, as llhttp wants: a bare LF, or
+ * a CR followed by anything but LF, sets *bad (the request is answered 400 at once, never
+ * left waiting for a CRLF that will not come).
+ */
+static const char *find_crlf(const char *p, size_t n, int *bad)
+{
+    *bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\n') {
+            *bad = 1;
+            return NULL;
+        }
+        if (p[i] == '\r') {
+            if (i + 1 == n)
+                return NULL;
+            if (p[i + 1] != '\n') {
+                *bad = 1;
+                return NULL;
+            }
+            return p + i;
+        }
+    }
+    return NULL;
+}
+
+/* Where the head in h[0..n) ends (after its blank line): 0 if not yet, or *bad. */
+static size_t head_end(const char *h, size_t n, int *bad)
+{
+    size_t off = 0;
+    for (;;) {
+        const char *eol = find_crlf(h + off, n - off, bad);
+        if (!eol)
+            return 0;
+        size_t line = (size_t)(eol - (h + off));
+        off += line + 2;
+        if (line == 0)
+            return off;
+    }
+}
 
 /* Parse a complete head (ending in CRLF CRLF). 0 ok, -1 malformed. */
 static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
@@ -321,14 +372,38 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
             }
             if (n > (int64_t)max_body)
                 n = -2;
-            if (r->clen != -1 && r->clen != n)
+            if ((r->clen != -1 && r->clen != n) || r->te)
                 return -1;
             r->clen = n;
         } else if (nl == 17 && strncasecmp(p, "transfer-encoding", 17) == 0) {
-            /* only "chunked": any other coding cannot be delimited, as llhttp says */
-            if (vl != 7 || strncasecmp(val, "chunked", 7) != 0 || r->chunked)
+            /* as llhttp: a list of codings, "chunked" at most once and only last; a body
+             * whose last coding is another one cannot be delimited (te_bad, 400 once the
+             * head has ended). A length already over the limit is answered 413 first. */
+            if (r->clen == -2)
+                return -2;
+            if (vl == 0 || r->chunked || r->clen != -1)
                 return -1;
-            r->chunked = 1;
+            r->te = 1;
+            for (size_t i = 0; i < vl;) {
+                while (i < vl && (val[i] == ' ' || val[i] == '\t' || val[i] == ','))
+                    i++;
+                size_t st = i;
+                while (i < vl && val[i] != ',' && val[i] != ' ' && val[i] != '\t')
+                    i++;
+                if (i == st)
+                    break;
+                if (r->chunked)
+                    return -1;  /* a coding after "chunked" */
+                if (i - st == 7 && strncasecmp(val + st, "chunked", 7) == 0) {
+                    r->chunked = 1;
+                    size_t k = i;
+                    while (k < vl && (val[k] == ' ' || val[k] == '\t'))
+                        k++;
+                    if (k < vl)
+                        return -1;  /* anything after "chunked", even a comma */
+                }
+            }
+            r->te_bad = !r->chunked;
         } else if (nl == 10 && strncasecmp(p, "connection", 10) == 0) {
             if (has_token(val, vl, "close"))
                 r->conn_close = 1;
@@ -337,8 +412,10 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
         }
         p = eol + 1;
     }
-    if (r->chunked && r->clen != -1)
+    if (r->te && r->clen != -1)
         return -1;              /* both framings at once: request smuggling, refuse */
+    if (!r->known)
+        return -1;              /* a method llhttp does not know: malformed, as the core says */
     return 0;
 }
 
@@ -356,6 +433,7 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
         const char *p = d + off;
         size_t avail = n - off;
         const char *eol;
+        int bad;
 
         switch (c->chunk_state) {
         case CH_DATA: {
@@ -368,17 +446,20 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
             break;
         }
         case CH_DATA_END:
-            if (avail < 2)
+            if (avail < 2) {
+                if (p[0] != '\r')
+                    return -1;
                 goto more;
+            }
             if (p[0] != '\r' || p[1] != '\n')
                 return -1;
             off += 2;
             c->chunk_state = CH_SIZE;
             break;
         case CH_SIZE: {
-            eol = memmem(p, avail, "\r\n", 2);
+            eol = find_crlf(p, avail, &bad);
             if (!eol) {
-                if (avail > CHUNK_LINE_MAX)
+                if (bad || avail > CHUNK_LINE_MAX)
                     return -1;
                 goto more;
             }
@@ -402,9 +483,9 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
             break;
         }
         case CH_TRAILER:
-            eol = memmem(p, avail, "\r\n", 2);
+            eol = find_crlf(p, avail, &bad);
             if (!eol) {
-                if (avail > CHUNK_LINE_MAX * 8)
+                if (bad || avail > CHUNK_LINE_MAX * 8)
                     return -1;
                 goto more;
             }
@@ -465,43 +546,60 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
             respond_pending(s, c);
             continue;
         }
-        /* skip empty lines between requests */
-        while (off + 1 < n && d[off] == '\r' && d[off + 1] == '\n')
-            off += 2;
+        if (off >= n)
+            break;
+        /* The header deadline runs from the first byte of a request, blank lines before
+         * it included (they never extend a connection's life), to the end of its head. */
+        if (!c->head_start)
+            c->head_start = now;
+        /* llhttp skips any CR and LF before a request line; they count towards the head */
+        size_t lead = off;
+        while (off < n && (d[off] == '\r' || d[off] == '\n'))
+            off++;
+        c->head_skipped += off - lead;
+        if (c->head_skipped > s->max_header) {
+            emit_error(s, c, ERR_431, CLOSE, 0);
+            off = n;
+            break;
+        }
         if (off >= n)
             break;
         const char *h = d + off;
         size_t avail = n - off;
-        const char *hit = memmem(h, avail, "\r\n\r\n", 4);
-        if (!hit) {
-            if (avail > s->max_header) {
+        int bad;
+        size_t hl = head_end(h, avail, &bad);
+        if (bad) {              /* a bare LF or a stray CR: 400 now, as the core answers */
+            emit_error(s, c, ERR_400, CLOSE, 0);
+            off = n;
+            break;
+        }
+        if (!hl) {
+            if (avail + c->head_skipped > s->max_header) {
                 emit_error(s, c, ERR_431, CLOSE, 0);
                 off = n;
                 break;
             }
-            if (!c->head_start)
-                c->head_start = now;
             break;
         }
-        size_t hl = (size_t)(hit - h) + 4;
         c->head_start = 0;
+        c->head_skipped = 0;
         if (hl > s->max_header) {
             emit_error(s, c, ERR_431, CLOSE, 0);
             off = n;
             break;
         }
         req_t r;
-        if (parse_request(h, hl, &r, s->max_body) < 0) {
-            emit_error(s, c, ERR_400, CLOSE, 0);
+        int pr = parse_request(h, hl, &r, s->max_body);
+        if (pr == 0 && r.clen == -2)
+            pr = -2;            /* body over the limit */
+        else if (pr == 0 && r.te_bad && !r.v10)
+            pr = -1;            /* a body that cannot be delimited (HTTP/1.0: see below) */
+        if (pr < 0) {
+            emit_error(s, c, pr == -2 ? ERR_413 : ERR_400, CLOSE, 0);
             off = n;
             break;
         }
         off += hl;
-        if (r.clen == -2) {
-            emit_error(s, c, ERR_413, CLOSE, 0);
-            off = n;
-            break;
-        }
         int keep = r.v10 ? (r.conn_keep && !r.conn_close) : !r.conn_close;
         int mode = !keep ? CLOSE : (r.v10 ? KEEP_10 : KEEP);
         c->pend = 1;
@@ -512,8 +610,13 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
         } else {
             c->pend_code = 405;
             c->pend_head_only = 0;
-            if (!r.known)
-                c->pend_mode = CLOSE;
+        }
+        if (r.v10 && r.te) {
+            /* RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; what follows
+             * the head cannot be trusted: answer now, then close (as the core does). */
+            c->pend_mode = CLOSE;
+            respond_pending(s, c);
+            continue;
         }
         c->body_left = r.clen > 0 ? r.clen : 0;
         if (r.chunked) {
@@ -543,6 +646,14 @@ static void ep_mod(srv_t *s, sconn_t *c, int in, int out)
     c->epout = (uint8_t)out;
 }
 
+static void accept_resume(srv_t *s)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = s->lfd};
+    s->accept_resume = 0;
+    if (s->lfd >= 0)
+        epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->lfd, &ev);
+}
+
 static void conn_free(srv_t *s, sconn_t *c)
 {
     if (!c->used)
@@ -554,6 +665,8 @@ static void conn_free(srv_t *s, sconn_t *c)
     memset(c, 0, sizeof *c);
     c->fd = -1;
     s->live--;
+    if (s->accept_resume)
+        accept_resume(s);       /* a descriptor is free: accept again without waiting */
 }
 
 /* All output is out and the connection must end: close, lingering if the peer still sends. */
@@ -606,9 +719,38 @@ static int flush(srv_t *s, sconn_t *c, uint64_t now)
 static void rearm(srv_t *s, sconn_t *c)
 {
     int want_out = c->out_len > c->out_off;
-    int want_in = !c->closing && pending_out(c) <= s->hwm;
-    c->paused = (uint8_t)(!c->closing && !want_in);
+    int want_in = !c->closing && !c->eof && pending_out(c) <= s->hwm;
     ep_mod(s, c, want_in, want_out);
+}
+
+static void keep_input(sconn_t *c, const char *d, size_t n, size_t consumed);
+
+/*
+ * Send what is pending and answer the requests kept in c->in, in turns, until the
+ * output passes the high-water mark (parsing pauses there, between two requests, and
+ * the unparsed rest stays in c->in: what a connection holds is the mark plus one
+ * response, whatever one read contained), the input holds no complete request, or
+ * the connection ends. After end-of-file, the connection closes once every complete
+ * request kept has been answered. Then pick the epoll interest.
+ */
+static void drive(srv_t *s, sconn_t *c, uint64_t now)
+{
+    for (;;) {
+        if (flush(s, c, now) < 0)
+            return;
+        if (!s->http || c->closing || c->in_len == 0 || pending_out(c) > s->hwm)
+            break;
+        size_t used = process_http(s, c, c->in, c->in_len, now);
+        keep_input(c, c->in, c->in_len, used);
+        if (used == 0)
+            break;              /* only part of a request: wait for more */
+    }
+    if (c->eof && !c->closing && pending_out(c) <= s->hwm) {
+        c->closing = 1;
+        if (flush(s, c, now) < 0)
+            return;
+    }
+    rearm(s, c);
 }
 
 static void keep_input(sconn_t *c, const char *d, size_t n, size_t consumed)
@@ -678,9 +820,8 @@ static void on_readable(srv_t *s, sconn_t *c, uint64_t now)
         return;
     }
     if (n == 0) {               /* peer done sending: answer what is complete, then close */
-        c->closing = 1;
-        if (flush(s, c, now) == 0)
-            rearm(s, c);
+        c->eof = 1;
+        drive(s, c, now);
         return;
     }
     c->last_ns = now;
@@ -706,21 +847,12 @@ static void on_readable(srv_t *s, sconn_t *c, uint64_t now)
         size_t used = process_http(s, c, d, len, now);
         keep_input(c, d, len, used);
     }
-    if (flush(s, c, now) == 0)
-        rearm(s, c);
+    drive(s, c, now);
 }
 
 static void on_writable(srv_t *s, sconn_t *c, uint64_t now)
 {
-    if (flush(s, c, now) < 0)
-        return;
-    if (c->paused && pending_out(c) <= s->hwm && s->http && c->in_len > 0) {
-        size_t used = process_http(s, c, c->in, c->in_len, now);
-        keep_input(c, c->in, c->in_len, used);
-        if (flush(s, c, now) < 0)
-            return;
-    }
-    rearm(s, c);
+    drive(s, c, now);
 }
 
 static int grow_table(srv_t *s, int fd)
@@ -748,9 +880,21 @@ static void on_accept(srv_t *s, uint64_t now)
         int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                /* out of descriptors: stop accepting for a moment */
+                /* Out of descriptors: the open connections go on; accepting stops until
+                 * one closes or the back-off ends, and the episode is logged once. */
+                if (!s->accept_failing) {
+                    fprintf(stderr, "accept: %s; accepting paused until descriptors free up "
+                            "(open connections are still served)\n", strerror(errno));
+                    fflush(stderr);
+                    s->accept_failing = 1;
+                }
                 epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->lfd, NULL);
-                s->accept_resume = now + 100000000ull;
+                s->accept_resume = now + ACCEPT_BACKOFF_NS;
+            } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                /* the backlog is drained with descriptors to spare: an episode of
+                 * shortage, if any, is over (closes freeing one descriptor at a time
+                 * while clients wait do not make a log line each) */
+                s->accept_failing = 0;
             }
             return;
         }
@@ -839,11 +983,8 @@ static int serve_loop(srv_t *s, int stop_fd)
             if (failed)
                 break;
             scan(s, now);
-            if (s->accept_resume && now >= s->accept_resume && !stopping) {
-                struct epoll_event ev = {.events = EPOLLIN, .data.fd = s->lfd};
-                epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->lfd, &ev);
-                s->accept_resume = 0;
-            }
+            if (s->accept_resume && now >= s->accept_resume && !stopping)
+                accept_resume(s);
             next_tick = now + TICK_NS;
         }
         if (stopping && (s->live == 0 || now >= stop_deadline))
