@@ -5,8 +5,8 @@ installed Debian headers and exercised in a guest running that same kernel. The 
 boots from a tiny busybox initramfs, mounts the host's ``/`` over virtio-9p, moves that
 mount onto ``/`` and enters it (as switch_root does, so the guest's tasks are not in a
 chroot and can make user namespaces) and runs one command from the project directory,
-so the host's Python, venv and tree are used unchanged. Output comes back over the serial console between
-markers, with the exit status; every wait is bounded.
+so the host's Python, venv and tree are used unchanged. Output comes back over the
+serial console between markers, with the exit status; every wait is bounded.
 
 Library: :func:`run_in_guest`. CLI::
 

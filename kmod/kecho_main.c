@@ -6,7 +6,8 @@
  * work item on a CMWQ workqueue (mode=wq, unbound unless bound=1) or by a
  * kthread of its own (mode=kthread). The worker blocks in sendmsg while the
  * peer does not read, so it stops reading too: memory per connection stays
- * at one buffer plus the socket buffers.
+ * at one buffer plus the socket buffers; a peer that does not take what it is
+ * sent within idle_timeout is closed.
  */
 #include <linux/kernel.h>
 #include <linux/mm.h>
@@ -40,7 +41,12 @@ MODULE_PARM_DESC(reuseaddr, "set SO_REUSEADDR on the listener (default 1)");
 
 static uint idle_timeout = 30;
 module_param(idle_timeout, uint, 0444);
-MODULE_PARM_DESC(idle_timeout, "close a connection silent this many seconds; 0: never (default 30)");
+MODULE_PARM_DESC(idle_timeout, "close a connection silent (or not reading) this many seconds; 0: never (default 30)");
+
+static int max_conns = KSRV_DEFAULT_MAX_CONNS;
+module_param(max_conns, int, 0444);
+MODULE_PARM_DESC(max_conns,
+		 "connections served or queued at once; past it new ones are closed at accept (default 1024)");
 
 static void kecho_serve(struct socket *sock)
 {
@@ -79,6 +85,7 @@ static int __init kecho_init(void)
 	if (backlog <= 0 || idle_timeout > KSRV_MAX_IDLE_S)
 		return -EINVAL;
 	kecho_srv.idle_timeout = idle_timeout * HZ;
+	kecho_srv.max_conns = max_conns;
 
 	err = ksrv_start(&kecho_srv, port, backlog, reuseaddr);
 	if (err) {

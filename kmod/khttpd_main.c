@@ -24,10 +24,28 @@
 /* Room for a full header section plus what may follow it in one read. */
 #define KHTTPD_IN_SIZE (KHTTPD_MAX_HEAD + 4096)
 #define KHTTPD_OUT_SIZE (16 * 1024)
-/* More than any one response this server composes. */
+/* Room for any one response this server composes (checked below). */
 #define KHTTPD_OUT_RESERVE 1024
 #define KHTTPD_DATE_LEN 29	/* "Mon, 23 Nov 2026 12:00:00 GMT" */
+/* The lingering close reads at most this much, for at most a second in all. */
 #define KHTTPD_DRAIN_BYTES (64 * 1024)
+#define KHTTPD_DRAIN_TIME HZ
+
+#define KHTTPD_HEAD_FMT \
+	"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n" \
+	"Content-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n"
+/*
+ * The longest response: the format with every field at its longest (the
+ * format's own conversions count as room to spare), and the NUL scnprintf
+ * writes. A body that does not fit fails the build instead of being dropped.
+ */
+#define KHTTPD_MAX_RESPONSE \
+	(sizeof(KHTTPD_HEAD_FMT) + sizeof("18446744073709551615") + \
+	 KHTTPD_MAX_REASON_LEN + sizeof(KHTTPD_SERVER) + KHTTPD_DATE_LEN + \
+	 KHTTPD_MAX_TYPE_LEN + sizeof("Allow: " KHTTPD_ALLOW "\r\n") + \
+	 sizeof("Connection: keep-alive\r\n") + KHTTPD_MAX_BODY_LEN)
+static_assert(KHTTPD_MAX_RESPONSE <= KHTTPD_OUT_RESERVE,
+	      "a response in servers/core/wire.json outgrows KHTTPD_OUT_RESERVE");
 
 enum khttpd_conn_hdr {
 	KHTTPD_KEEP,		/* HTTP/1.1 kept alive: no Connection header */
@@ -53,12 +71,17 @@ MODULE_PARM_DESC(reuseaddr, "set SO_REUSEADDR on the listener (default 1)");
 
 static uint idle_timeout = 30;
 module_param(idle_timeout, uint, 0444);
-MODULE_PARM_DESC(idle_timeout, "close a connection silent this many seconds; 0: never (default 30)");
+MODULE_PARM_DESC(idle_timeout, "close a connection silent (or not reading) this many seconds; 0: never (default 30)");
+
+static int max_conns = KSRV_DEFAULT_MAX_CONNS;
+module_param(max_conns, int, 0444);
+MODULE_PARM_DESC(max_conns,
+		 "connections served or queued at once; past it new ones are closed at accept (default 1024)");
 
 static uint header_timeout = 10;
 module_param(header_timeout, uint, 0444);
 MODULE_PARM_DESC(header_timeout,
-		 "close a client whose request head is not complete this many seconds after it began; 0: never (default 10)");
+		 "close a client whose request (head and body) is not complete this many seconds after its first byte; 0: never (default 10)");
 
 /* The answer to a request whose body is still being read (and dropped). */
 struct khttpd_pending {
@@ -77,7 +100,7 @@ struct khttpd_conn {
 	size_t in_end;
 	size_t out_len;
 	struct khttpd_pending pend;
-	unsigned long head_since;	/* jiffies a partial head began, or 0 */
+	unsigned long req_since;	/* jiffies the request being read began, or 0 */
 	time64_t date_sec;
 	char date[KHTTPD_DATE_LEN + 1];
 	char in[KHTTPD_IN_SIZE];
@@ -144,16 +167,15 @@ static int khttpd_respond(struct khttpd_conn *c, int code, bool head_only,
 		if (n)
 			return n;
 	}
+	/* room >= KHTTPD_OUT_RESERVE >= KHTTPD_MAX_RESPONSE: all of it fits. */
 	out = c->out + c->out_len;
 	room = KHTTPD_OUT_SIZE - c->out_len;
-	n = scnprintf(out, room,
-		      "HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
-		      "Content-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+	n = scnprintf(out, room, KHTTPD_HEAD_FMT,
 		      code, st->reason, KHTTPD_SERVER, khttpd_date(c), type, body_len,
 		      code == 405 ? "Allow: " KHTTPD_ALLOW "\r\n" : "",
 		      conn_hdr == KHTTPD_CLOSE ? "Connection: close\r\n" :
 		      conn_hdr == KHTTPD_KEEP_10 ? "Connection: keep-alive\r\n" : "");
-	if (!head_only && (size_t)n + body_len < room) {
+	if (!head_only) {
 		memcpy(out + n, body, body_len);
 		n += body_len;
 	}
@@ -221,6 +243,7 @@ static int khttpd_process(struct khttpd_conn *c)
 			if (!ret)
 				return 1;
 			p->active = false;
+			c->req_since = 0;	/* the next request's clock starts anew */
 			if (ret != 1) {
 				ret = khttpd_respond(c, ret, false, KHTTPD_CLOSE);
 				return ret ? ret : 0;
@@ -265,16 +288,23 @@ static int khttpd_process(struct khttpd_conn *c)
  * After the last response: stop sending, then read (and drop) what the
  * client may still send for a short while, so closing does not answer
  * with a reset that could discard the response before the client reads it.
+ * Both the bytes and the time are bounded in all, not per read: a client
+ * dripping a byte now and then cannot keep the worker.
  */
 static void khttpd_linger(struct khttpd_conn *c)
 {
+	unsigned long deadline = jiffies + KHTTPD_DRAIN_TIME;
 	size_t total = 0;
+	long left;
 	int n;
 
 	if (kernel_sock_shutdown(c->sock, SHUT_WR))
 		return;
-	WRITE_ONCE(c->sock->sk->sk_rcvtimeo, HZ);
 	while (total < KHTTPD_DRAIN_BYTES) {
+		left = (long)(deadline - jiffies);
+		if (left <= 0)
+			break;
+		ksrv_set_rcvtimeo(c->sock, left);
 		n = ksrv_recv(c->sock, c->in, sizeof(c->in));
 		if (n <= 0)
 			break;
@@ -284,20 +314,23 @@ static void khttpd_linger(struct khttpd_conn *c)
 
 /*
  * The receive timeout for the next read: the idle timeout, or less while a
- * request head is incomplete (0 once its header timeout has passed).
+ * request is being read (0 once its header timeout has passed). A request's
+ * clock starts with its first byte, or when the previous response was
+ * composed if its bytes came with that request's, and runs until its body
+ * has been read: bytes that do not complete it never extend its life.
  */
 static long khttpd_recv_timeout(struct khttpd_conn *c)
 {
 	long timeo = idle_timeout ? idle_timeout * HZ : MAX_SCHEDULE_TIMEOUT;
 	long left;
 
-	if (!header_timeout || c->pend.active || !khttpd_unparsed(c)) {
-		c->head_since = 0;
+	if (!header_timeout || (!c->pend.active && !khttpd_unparsed(c))) {
+		c->req_since = 0;
 		return timeo;
 	}
-	if (!c->head_since)
-		c->head_since = jiffies ? jiffies : 1;
-	left = (long)(c->head_since + header_timeout * HZ - jiffies);
+	if (!c->req_since)
+		c->req_since = jiffies ? jiffies : 1;
+	left = (long)(c->req_since + header_timeout * HZ - jiffies);
 	if (left <= 0)
 		return 0;
 	return min(timeo, left);
@@ -325,7 +358,7 @@ static void khttpd_serve(struct socket *sock)
 		timeo = khttpd_recv_timeout(c);
 		if (!timeo)
 			break;		/* the request head took too long */
-		WRITE_ONCE(sock->sk->sk_rcvtimeo, timeo);
+		ksrv_set_rcvtimeo(sock, timeo);
 		khttpd_compact(c);
 		n = ksrv_recv(sock, c->in + c->in_end, KHTTPD_IN_SIZE - c->in_end);
 		if (n <= 0)
@@ -348,6 +381,7 @@ static int __init khttpd_init(void)
 	    header_timeout > KSRV_MAX_IDLE_S)
 		return -EINVAL;
 	khttpd_srv.idle_timeout = idle_timeout * HZ;
+	khttpd_srv.max_conns = max_conns;
 	khttpd_srv.mode = bound ? KSRV_WQ_BOUND : KSRV_WQ_UNBOUND;
 	err = ksrv_start(&khttpd_srv, port, backlog, reuseaddr);
 	if (err) {

@@ -27,22 +27,52 @@ int ksrv_recv(struct socket *sock, void *buf, size_t len)
 	return kernel_recvmsg(sock, &msg, &vec, 1, len, 0);
 }
 
-/* Send all of buf, blocking while the peer does not read; 0 or -errno. */
+void ksrv_set_rcvtimeo(struct socket *sock, long timeo)
+{
+	WRITE_ONCE(sock->sk->sk_rcvtimeo, timeo);
+}
+
+/*
+ * Send all of buf, blocking while the peer does not read, but for no longer
+ * in all than the socket's send timeout (the idle timeout, set at accept):
+ * a peer that takes one byte now and then cannot keep the worker. 0 or
+ * -errno (-ETIMEDOUT once the time is up).
+ */
 int ksrv_send(struct socket *sock, const void *buf, size_t len)
 {
+	struct sock *sk = sock->sk;
+	long timeo = READ_ONCE(sk->sk_sndtimeo);
+	unsigned long deadline = jiffies + timeo;
+	int err = 0;
+
 	while (len) {
 		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
 		struct kvec vec = { .iov_base = (void *)buf, .iov_len = len };
-		int n = kernel_sendmsg(sock, &msg, &vec, 1, len);
+		long left;
+		int n;
 
-		if (n < 0)
-			return n;
-		if (n == 0)
-			return -EPIPE;
+		if (timeo != MAX_SCHEDULE_TIMEOUT) {
+			left = (long)(deadline - jiffies);
+			if (left <= 0) {
+				err = -ETIMEDOUT;
+				break;
+			}
+			WRITE_ONCE(sk->sk_sndtimeo, left);
+		}
+		n = kernel_sendmsg(sock, &msg, &vec, 1, len);
+		if (n == -EAGAIN) {
+			err = -ETIMEDOUT;
+			break;
+		}
+		if (n <= 0) {
+			err = n ? n : -EPIPE;
+			break;
+		}
 		buf += n;
 		len -= n;
 	}
-	return 0;
+	WRITE_ONCE(sk->sk_sndtimeo, timeo);
+	return err;
 }
 
 static void ksrv_conn_gone(struct ksrv *srv)
@@ -111,6 +141,14 @@ static int ksrv_add(struct ksrv *srv, struct socket *sock)
 	struct task_struct *task;
 	int err = 0;
 
+	/* Only the listener adds, so live cannot pass the cap between here and the add. */
+	if (atomic_read(&srv->live) >= srv->max_conns) {
+		atomic_inc(&srv->refused);
+		pr_warn_ratelimited("%s: at max_conns (%d): connection refused (%d so far)\n",
+				    srv->name, srv->max_conns,
+				    atomic_read(&srv->refused));
+		return -EBUSY;
+	}
 	conn = kzalloc(sizeof(*conn), GFP_KERNEL);
 	if (!conn)
 		return -ENOMEM;
@@ -174,9 +212,14 @@ static int ksrv_listen_fn(void *data)
 		if (!srv->wq)
 			ksrv_reap(srv);
 		tcp_sock_set_nodelay(sock->sk);
-		/* A recvmsg that waits longer returns -EAGAIN: the worker ends. */
-		if (srv->idle_timeout)
+		/*
+		 * A recvmsg that waits longer returns -EAGAIN, a ksrv_send()
+		 * that takes longer -ETIMEDOUT: either way the worker ends.
+		 */
+		if (srv->idle_timeout) {
 			WRITE_ONCE(sock->sk->sk_rcvtimeo, srv->idle_timeout);
+			WRITE_ONCE(sock->sk->sk_sndtimeo, srv->idle_timeout);
+		}
 		if (ksrv_add(srv, sock))
 			sock_release(sock);
 	}
@@ -218,15 +261,22 @@ int ksrv_start(struct ksrv *srv, u16 port, int backlog, bool reuseaddr)
 	INIT_LIST_HEAD(&srv->dead);
 	init_waitqueue_head(&srv->idle);
 	atomic_set(&srv->live, 0);
+	atomic_set(&srv->refused, 0);
 	atomic_set(&srv->next_id, 0);
 	srv->stopping = false;
 	srv->wq = NULL;
+	if (srv->max_conns <= 0 || srv->max_conns > KSRV_MAX_CONNS)
+		return -EINVAL;
 
+	/* Past max_active (at most 512) a work item waits for a running one to end. */
 	if (srv->mode == KSRV_WQ_UNBOUND)
-		srv->wq = alloc_workqueue("%s", WQ_UNBOUND, WQ_UNBOUND_MAX_ACTIVE,
+		srv->wq = alloc_workqueue("%s", WQ_UNBOUND,
+					  min_t(int, srv->max_conns, WQ_UNBOUND_MAX_ACTIVE),
 					  srv->name);
 	else if (srv->mode == KSRV_WQ_BOUND)
-		srv->wq = alloc_workqueue("%s", 0, WQ_MAX_ACTIVE, srv->name);
+		srv->wq = alloc_workqueue("%s", 0,
+					  min_t(int, srv->max_conns, WQ_MAX_ACTIVE),
+					  srv->name);
 	if (srv->mode != KSRV_KTHREAD && !srv->wq)
 		return -ENOMEM;
 

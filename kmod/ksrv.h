@@ -3,7 +3,8 @@
  * ksrv: the listener and connection bookkeeping shared by kecho and khttpd.
  *
  * One kthread accepts; each connection is served either by a work item on a
- * CMWQ workqueue (bound or unbound) or by a kthread of its own. Every live
+ * CMWQ workqueue (bound or unbound) or by a kthread of its own, at most
+ * max_conns of them served or queued at once. Every live
  * connection is on a list, so stopping the server shuts the listener down,
  * shuts every connection's socket down (which wakes any worker blocked in
  * recvmsg or sendmsg), waits for every worker and frees everything.
@@ -21,6 +22,9 @@
 
 /* The longest idle_timeout a module accepts, in seconds (a day). */
 #define KSRV_MAX_IDLE_S 86400
+/* The default and the largest max_conns a module accepts. */
+#define KSRV_DEFAULT_MAX_CONNS 1024
+#define KSRV_MAX_CONNS 65536
 
 enum ksrv_mode {
 	KSRV_WQ_UNBOUND,
@@ -34,8 +38,16 @@ struct ksrv {
 	enum ksrv_mode mode;
 	/* Serves one connection until it ends; the caller closes the socket. */
 	void (*serve)(struct socket *sock);
-	/* A connection silent this long (jiffies) is closed; 0: never. */
+	/*
+	 * A connection silent this long (jiffies) is closed, and so is one
+	 * whose peer takes longer than this to accept one ksrv_send(); 0: never.
+	 */
 	long idle_timeout;
+	/*
+	 * Connections served or queued at once; past it a new connection is
+	 * closed at accept, counted in refused, and logged (rate-limited).
+	 */
+	int max_conns;
 
 	/* Private. */
 	struct socket *listen;
@@ -46,6 +58,7 @@ struct ksrv {
 	struct list_head dead;		/* kthread mode: finished, not yet reaped */
 	bool stopping;
 	atomic_t live;			/* entries on conns */
+	atomic_t refused;		/* connections closed at max_conns */
 	atomic_t next_id;
 	wait_queue_head_t idle;		/* woken when live drops */
 };
@@ -55,5 +68,6 @@ void ksrv_stop(struct ksrv *srv);
 
 int ksrv_recv(struct socket *sock, void *buf, size_t len);
 int ksrv_send(struct socket *sock, const void *buf, size_t len);
+void ksrv_set_rcvtimeo(struct socket *sock, long timeo);
 
 #endif /* KSRV_H */

@@ -150,6 +150,65 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
         return exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
 
 
+def stuff_until_stalled(s: socket.socket, budget: int, stall_s: float, limit_s: float) -> int:
+    """Send (never reading) until the peer stops taking bytes; the bytes it took."""
+    s.setblocking(False)
+    chunk = b"\0x" * 32768
+    sent = 0
+    deadline = time.monotonic() + limit_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(s, selectors.EVENT_WRITE)
+        while sent < budget and time.monotonic() < deadline:
+            try:
+                sent += s.send(chunk)
+                continue
+            except BlockingIOError:
+                pass
+            if not sel.select(stall_s):
+                break  # no room for stall_s: the server stopped reading
+    return sent
+
+
+def read_exactly(s: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+    """Exactly ``n`` bytes from ``s``; fails on EOF or after ``timeout`` seconds."""
+    s.settimeout(timeout)
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"got {len(got)} of {n} bytes"
+        chunk = s.recv(n - len(got))
+        assert chunk, f"EOF after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
+
+
+def drip(sock: socket.socket, data: bytes, interval: float, limit_s: float,
+         eof_counts: bool = True) -> float | None:
+    """Send ``data`` a byte every ``interval`` s; seconds until the peer closed, or None.
+
+    The peer has closed once a send fails or a reset arrives (it dropped the
+    connection while we were still sending), or, if ``eof_counts``, once it
+    signals EOF. Without ``eof_counts`` (a peer that already shut its side
+    down) only the reset counts.
+    """
+    start = time.monotonic()
+    for byte in data:
+        if time.monotonic() - start > limit_s:
+            return None
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return time.monotonic() - start
+        if eof_counts:
+            gone = closed_by_peer(sock, interval)
+        else:
+            time.sleep(interval)  # the pace of the drip, not a wait for an event
+            gone = False
+        if gone or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return time.monotonic() - start
+    return None
+
+
 def meminfo_kib(field: str) -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -105,25 +105,6 @@ def test_100_concurrent_clients(kecho: int) -> None:
             s.close()
 
 
-def _stuff_until_stalled(s: socket.socket, budget: int, stall_s: float, limit_s: float) -> int:
-    """Send (never reading) until the peer stops taking bytes; the bytes it took."""
-    s.setblocking(False)
-    chunk = b"\0x" * 32768
-    sent = 0
-    deadline = time.monotonic() + limit_s
-    with selectors.DefaultSelector() as sel:
-        sel.register(s, selectors.EVENT_WRITE)
-        while sent < budget and time.monotonic() < deadline:
-            try:
-                sent += s.send(chunk)
-                continue
-            except BlockingIOError:
-                pass
-            if not sel.select(stall_s):
-                break  # no room for stall_s: the server stopped reading
-    return sent
-
-
 def test_client_that_never_reads(kecho: int) -> None:
     before = helpers.meminfo_kib("MemAvailable")
     hog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -132,7 +113,7 @@ def test_client_that_never_reads(kecho: int) -> None:
     hog.connect(("127.0.0.1", kecho))
     try:
         budget = 64 << 20
-        sent = _stuff_until_stalled(hog, budget, stall_s=1.5, limit_s=60)
+        sent = helpers.stuff_until_stalled(hog, budget, stall_s=1.5, limit_s=60)
         # Socket buffers (autotuned to a few MiB at most) hold what was taken.
         assert sent < 32 << 20, f"server took {sent} bytes from a client that never reads"
         drop = before - helpers.meminfo_kib("MemAvailable")

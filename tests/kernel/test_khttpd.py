@@ -63,24 +63,12 @@ def real_len(blanked: bytes) -> int:
     return len(blanked) + (DATE_LEN - 1) * blanked.count(b"\r\nDate: -\r\n")
 
 
-def read_exactly(s: socket.socket, n: int, timeout: float = 10.0) -> bytes:
-    s.settimeout(timeout)
-    got = bytearray()
-    deadline = time.monotonic() + timeout
-    while len(got) < n:
-        assert time.monotonic() < deadline, f"got {len(got)} of {n} bytes"
-        chunk = s.recv(n - len(got))
-        assert chunk, f"EOF after {len(got)} of {n} bytes"
-        got += chunk
-    return bytes(got)
-
-
 def test_get_root_matches_wire_and_core(khttpd: int) -> None:
     req = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
     expected = page()
     with helpers.connect(khttpd) as s:
         s.sendall(req)
-        raw = read_exactly(s, real_len(expected))
+        raw = helpers.read_exactly(s, real_len(expected))
     check_dates(raw)
     assert blank_dates(raw) == expected
     assert core_response(req) == (expected, False)
@@ -93,7 +81,7 @@ def test_keep_alive_many_requests(khttpd: int) -> None:
     with helpers.connect(khttpd) as s:
         for _ in range(300):
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert blank_dates(read_exactly(s, real_len(expected))) == expected
+            assert blank_dates(helpers.read_exactly(s, real_len(expected))) == expected
 
 
 def test_pipelined_in_order(khttpd: int) -> None:
@@ -160,10 +148,10 @@ def test_responses_match_core(khttpd: int, request_bytes: bytes, closes: bool) -
         if closes:
             raw = helpers.read_until_eof(s)
         else:
-            raw = read_exactly(s, real_len(expected))
+            raw = helpers.read_exactly(s, real_len(expected))
             # Still open: a second request is answered on the same connection.
             s.sendall(b"GET / HTTP/1.1\r\n\r\n")
-            assert blank_dates(read_exactly(s, real_len(page()))) == page()
+            assert blank_dates(helpers.read_exactly(s, real_len(page()))) == page()
     check_dates(raw)
     assert blank_dates(raw) == expected
 
@@ -192,7 +180,7 @@ def test_request_split_byte_by_byte(khttpd: int) -> None:
     with helpers.connect(khttpd) as s:
         for i in range(len(req)):
             s.sendall(req[i:i + 1])
-        assert blank_dates(read_exactly(s, real_len(page()))) == page()
+        assert blank_dates(helpers.read_exactly(s, real_len(page()))) == page()
 
 
 def test_unload_with_100_idle_clients(khttpd: int) -> None:
@@ -200,7 +188,7 @@ def test_unload_with_100_idle_clients(khttpd: int) -> None:
     try:
         for s in socks:
             s.sendall(b"GET / HTTP/1.1\r\n\r\n")
-            read_exactly(s, real_len(page()))
+            helpers.read_exactly(s, real_len(page()))
         took = helpers.unload("khttpd")
         assert took < 2.0, f"rmmod with 100 idle connections took {took:.2f}s"
         assert all(helpers.closed_by_peer(s, 5.0) for s in socks)
@@ -218,7 +206,7 @@ def test_unload_under_load(khttpd: int) -> None:
             with helpers.connect(khttpd) as s:
                 while not stop.is_set():
                     s.sendall(b"GET / HTTP/1.1\r\n\r\n" * 4)
-                    read_exactly(s, 4 * real_len(page()))
+                    helpers.read_exactly(s, 4 * real_len(page()))
                     done.append(1)
         except (OSError, AssertionError):
             return
@@ -267,7 +255,7 @@ def test_pipelining_client_that_never_reads(khttpd: int) -> None:
         assert before - helpers.meminfo_kib("MemAvailable") < 96 * 1024
         with helpers.connect(khttpd) as other:
             other.sendall(b"GET / HTTP/1.1\r\n\r\n")
-            assert blank_dates(read_exactly(other, real_len(page()))) == page()
+            assert blank_dates(helpers.read_exactly(other, real_len(page()))) == page()
         # The worker is blocked in sendmsg on the stuffed connection: unloading
         # must still wake it and finish promptly.
         took = helpers.unload("khttpd")
@@ -280,7 +268,7 @@ def test_idle_connection_closed_after_idle_timeout(port: int) -> None:
     helpers.load("khttpd", port=port, idle_timeout=1)
     with helpers.connect(port) as s:
         s.sendall(b"GET / HTTP/1.1\r\n\r\n")
-        read_exactly(s, real_len(page()))
+        helpers.read_exactly(s, real_len(page()))
         start = time.monotonic()
         assert helpers.closed_by_peer(s, 10.0)
         assert 0.5 < time.monotonic() - start < 10.0
@@ -313,7 +301,7 @@ def test_100_concurrent_keep_alive_clients(khttpd: int) -> None:
             for s in socks:  # every client has a request in flight at once
                 s.sendall(b"GET / HTTP/1.1\r\n\r\n")
             for s in socks:
-                assert blank_dates(read_exactly(s, real_len(page()))) == page()
+                assert blank_dates(helpers.read_exactly(s, real_len(page()))) == page()
     finally:
         for s in socks:
             s.close()
