@@ -61,6 +61,8 @@ CASES: dict[str, tuple[list[bytes], list[int], list[int]]] = {
     "http10-keep-alive": ([_get("/", version="1.0", headers="Connection: keep-alive\r\n")
                            + _get("/nope", version="1.0")], [200, 404], [200, 404]),
     "error-after-good": ([_get("/") + b"BROKEN\r\n\r\n"], [200, 400], [200, 400]),
+    "blank-lines-before": ([b"\r\n\n\r", b"\r\n" + _get("/")], [200], [200]),
+    "bare-lf-400": ([b"GET / HTTP/1.1\nHost: zoo\n\n"], [400], [400]),
     "files": ([_get("/hello.txt") + _get("/data.bin") + _get("/sub/")
                + _get("/sub/page.html", method="HEAD") + _get("/../etc/passwd")
                + _get("/%2e%2e/hello.txt")], [404] * 6,
@@ -114,6 +116,17 @@ def test_same_bytes_as_reference(entry: object, reference: tuple[str, dict],
                                  root: Path) -> None:
     mode, expected = reference
     got = _answers(entry, mode, root)
+    different = [name for name in CASES if got[name] != expected[name]]
+    assert not different, {name: (got[name][:300], expected[name][:300])
+                           for name in different[:3]}
+
+
+def test_c_epoll_same_bytes_on_the_page(reference: tuple[str, dict], root: Path) -> None:
+    """c-epoll (C, no ``--root``) answers the page corpus with the core's bytes too."""
+    mode, expected = reference
+    if mode != "page":
+        pytest.skip("c-epoll serves the benchmark page only")
+    got = _answers("c-epoll", mode, root)
     different = [name for name in CASES if got[name] != expected[name]]
     assert not different, {name: (got[name][:300], expected[name][:300])
                            for name in different[:3]}
