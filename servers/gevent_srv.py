@@ -5,7 +5,9 @@ StreamServer hands each handler), so blocking calls switch greenlets instead
 of threads. Nothing is monkey-patched, here or on import: gevent is imported
 only inside :meth:`Gevent.serve`, so the hub is created in the process that
 serves (after the fork, under ``--workers``). gevent's socket ``sendfile``
-is cooperative read+send, not sendfile(2).
+is cooperative read+send, not sendfile(2). Running out of descriptors at
+accept is handled by :class:`servers.drivers.accepting.AcceptBackoff` (one log
+line per episode, a pause) instead of StreamServer's traceback per attempt.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 from servers.backend import Backend
 from servers.cli import main
 from servers.core import session_factory
+from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.blocking import ConnectionSet, serve_connection
 from servers.settings import Settings
 from servers.stop import StopSignal
@@ -46,7 +49,7 @@ class Gevent(Backend):
         listener.setblocking(False)  # StreamServer never accepts on a blocking listener
         # An unbounded pool, only so that stop() can wait for (and then kill) the handlers.
         pool = gevent.pool.Pool()
-        server = gevent.server.StreamServer(listener, handle, spawn=pool)
+        server = _server_class(gevent.server.StreamServer)(listener, handle, spawn=pool)
         server.start()
         try:
             gevent.socket.wait_read(stop.fileno())
@@ -57,6 +60,34 @@ class Gevent(Backend):
             # What is still running after the grace is abandoned, not waited for (as
             # StreamServer.stop would, up to one more second): the process exits now.
             pool.kill(block=False)
+
+
+def _server_class(base: type) -> type:
+    """``StreamServer`` whose accept pauses quietly when descriptors run out."""
+
+    class QuietStreamServer(base):  # type: ignore[valid-type, misc]
+        backoff = AcceptBackoff()
+
+        def do_read(self) -> object:
+            try:
+                args = super().do_read()
+            except OSError as exc:
+                pause = self.backoff.failed(exc)
+                if pause is None:
+                    raise
+                self.stop_accepting()
+                self.retry = self.loop.timer(pause)
+                self.retry.start(self._resume)
+                return None  # StreamServer stops this round of accepting
+            if args:
+                self.backoff.succeeded()
+            return args
+
+        def _resume(self) -> None:
+            if not self.closed:
+                self.start_accepting()
+
+    return QuietStreamServer
 
 
 if __name__ == "__main__":

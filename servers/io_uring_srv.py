@@ -18,10 +18,16 @@ socket could complete out of order). Two receive modes (``--recv``):
 Files are read+send, both on the ring: a read of the next chunk into a
 buffer the connection keeps, then a send of what it read (the binding exposes
 no splice, so there is no sendfile(2) and ``sendfile`` is false).
-Backpressure: past the write high-water mark no recv is re-armed (multishot:
-the armed one is cancelled) until the output drains. Timeouts are a periodic
-scan of the sessions' deadlines, as in the readiness loop. The stop pipe is
-watched with a poll operation on the ring, so a signal ends the wait.
+Backpressure: past the write high-water mark the session stops parsing and no
+recv is re-armed (multishot: the armed one is cancelled, submitted at the end
+of the batch of completions that paused it) until the output drains; then the
+session parses what it held. What a multishot recv still delivers before its
+cancel lands is kept unparsed: at most that one batch, itself bounded by the
+provided-buffer ring (16 MiB, shared by all connections). Timeouts are a
+periodic scan of the sessions' deadlines, as in the readiness loop. The stop
+pipe is watched with a poll operation on the ring, so a signal ends the wait.
+Running out of descriptors at accept pauses accepting
+(:class:`servers.drivers.accepting.AcceptBackoff`).
 
 The kernel is probed at start (:meth:`IoUring.prepare`): the binding must load
 its native part, a ring must open and an operation complete, else the server
@@ -44,6 +50,7 @@ from typing import Any
 from servers.backend import Backend, UsageError
 from servers.cli import main
 from servers.core import FileSlice, Session, session_factory
+from servers.drivers.accepting import AcceptBackoff
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -54,7 +61,6 @@ _GROUP_BUFFER_SIZE = 16 * 1024
 _GROUP_BUFFERS = 1024  # shared in multishot mode: 16 MiB whatever the connection count
 _SEND_JOIN = 256 * 1024  # queued bytes joined into one send, at most
 _FILE_CHUNK = 256 * 1024  # allocated per connection on its first file, kept
-_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 _MORE = 1 << 1  # IORING_CQE_F_MORE
 
@@ -118,7 +124,7 @@ def _ring_flags(uring: Any) -> int:
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "session", "buf", "view", "out", "out_bytes", "sending", "recv_op",
+    __slots__ = ("sock", "fd", "session", "buf", "view", "out", "sending", "recv_op",
                  "cancelling", "file_read", "file_buf", "closed", "lingering", "linger_until")
 
     def __init__(self, sock: socket.socket, session: Session, buf: bytearray | None) -> None:
@@ -128,7 +134,6 @@ class _Conn:
         self.buf = buf
         self.view = memoryview(buf) if buf is not None else None
         self.out: deque[bytes | FileSlice] = deque()
-        self.out_bytes = 0
         self.sending: memoryview | None = None  # the send in flight
         self.recv_op: Any = None  # the armed recv, if any
         self.cancelling = False  # a cancel of the armed multishot recv is on its way
@@ -160,11 +165,11 @@ class UringLoop:
                       if multishot_recv else None)
         self.conns: set[_Conn] = set()
         self.accept_op: Any = None
-        self.accept_paused = False
+        self.backoff = AcceptBackoff()
+        self.accept_resume_at = 0.0  # while out of descriptors: when to accept again
         self.stopping = False
         self.stop_deadline = 0.0
         self.needs_submit = False
-        self.logged: set[str] = set()
         self.kind_recv = (uring.COMPLETION_KIND_RECV, uring.COMPLETION_KIND_RECV_MULTISHOT)
         self.kind_send = uring.COMPLETION_KIND_SEND
         self.kind_read = uring.COMPLETION_KIND_READ
@@ -186,8 +191,16 @@ class UringLoop:
                 now = self.clock()
                 if self.stopping and (not self.conns or now >= self.stop_deadline):
                     break
+                if self.accept_resume_at and now >= self.accept_resume_at:
+                    self.accept_resume_at = 0.0
+                    if self.accept_op is None:
+                        self._arm_accept()
+                        ring.submit()
+                wake = next_scan
+                if self.accept_resume_at:
+                    wake = min(wake, self.accept_resume_at)
                 try:
-                    batch = ring.wait(max(0.0, next_scan - now))
+                    batch = ring.wait(max(0.0, wake - now))
                 except InterruptedError:
                     continue  # a signal: its handler has run; a stop shows as the poll
                 if batch:
@@ -241,15 +254,19 @@ class UringLoop:
         if not more:
             self.accept_op = None
         if res >= 0:
+            self.backoff.succeeded()
             self._accepted(res)
             if not more:
                 self._arm_accept()
-        elif -res in _OUT_OF_FDS:
-            self._log(f"accept: {os.strerror(-res)}; refusing until connections close")
+            return
+        pause = self.backoff.failed(OSError(-res, os.strerror(-res)))
+        if pause is not None:
             if self.accept_op is not None:
                 self.ring.prepare_cancel_nowait(self.accept_op)
                 self.needs_submit = True
-            self.accept_paused = True  # re-armed by the next scan, not in a tight loop
+                self.accept_op = None
+            if not self.stopping:
+                self.accept_resume_at = self.clock() + pause
         elif not more and -res != errno.ECANCELED:
             self._arm_accept()
 
@@ -277,6 +294,7 @@ class UringLoop:
         if self.accept_op is not None:
             self.ring.prepare_cancel(self.accept_op, _CANCEL)
             self.accept_op = None
+        self.accept_resume_at = 0.0
         for conn in list(self.conns):
             if conn.out or conn.sending is not None or conn.file_read is not None:
                 conn.session.closing = True  # finish the response in flight, then close
@@ -306,8 +324,7 @@ class UringLoop:
     def _wants_input(self, conn: _Conn) -> bool:
         if conn.lingering:
             return True
-        return (not conn.session.closing and not self.stopping
-                and conn.out_bytes <= self.settings.write_high_water)
+        return not self.stopping and conn.session.wants_input
 
     def _on_recv(self, c: Any) -> None:
         conn: _Conn = c.user_data
@@ -381,18 +398,17 @@ class UringLoop:
                 and not conn.out and type(writes[0]) is bytes):
             # The common case (one response, nothing queued): straight onto the ring.
             data = writes[0]
-            conn.out_bytes += len(data)
             conn.sending = memoryview(data)
             self.ring.prepare_send(conn.fd, data, _MSG_NOSIGNAL, conn)
             return
-        for item in writes:
-            conn.out.append(item)
-            conn.out_bytes += item.count if isinstance(item, FileSlice) else len(item)
+        conn.out.extend(writes)
         if conn.sending is None and conn.file_read is None:
             if conn.out:
                 self._send_next(conn)
             elif conn.session.closing:
                 self._finish(conn, eof)
+            elif conn.session.paused and conn.session.resume(self.clock()):
+                self._pump(conn)  # the output drained: what the session held comes next
 
     def _send_next(self, conn: _Conn) -> None:
         """Start the next operation of the output: a send of queued bytes (adjacent ones
@@ -401,12 +417,16 @@ class UringLoop:
         head = out.popleft()
         if isinstance(head, FileSlice):
             out.appendleft(head)  # stays queued until its last byte is read
+            try:
+                fd = head.fileno()
+            except OSError:
+                self._close(conn)  # gone or replaced since its head was sent
+                return
             if conn.file_buf is None:
                 conn.file_buf = bytearray(_FILE_CHUNK)
             size = min(head.count, _FILE_CHUNK)
             conn.file_read = head
-            self.ring.prepare_read(head.file.fileno(), memoryview(conn.file_buf)[:size],
-                                   head.offset, conn)
+            self.ring.prepare_read(fd, memoryview(conn.file_buf)[:size], head.offset, conn)
             return
         data = head
         if out and not isinstance(out[0], FileSlice) and len(head) < _SEND_JOIN:
@@ -448,8 +468,7 @@ class UringLoop:
         if res < 0:
             self._close(conn)
             return
-        conn.out_bytes -= res
-        conn.session.touch(self.clock())
+        conn.session.sent(res, self.clock())
         sending = conn.sending
         assert sending is not None
         if res < len(sending):
@@ -462,6 +481,10 @@ class UringLoop:
             self._send_next(conn)
         elif conn.session.closing:
             self._finish(conn, False)
+        elif conn.session.paused and conn.session.resume(self.clock()):
+            self._pump(conn)  # the output drained: what the session held comes next
+            if not conn.closed and conn.recv_op is None and self._wants_input(conn):
+                self._arm_recv(conn)
         elif conn.recv_op is None and self._wants_input(conn):
             self._arm_recv(conn)
 
@@ -483,9 +506,6 @@ class UringLoop:
     # -- timeouts and teardown ---------------------------------------------------------
 
     def _expire(self, now: float) -> None:
-        if self.accept_paused and not self.stopping and self.accept_op is None:
-            self.accept_paused = False
-            self._arm_accept()
         for conn in list(self.conns):
             if conn.lingering:
                 if now >= conn.linger_until:
@@ -514,11 +534,6 @@ class UringLoop:
             # submit it while the number is still this socket's, not a reused one's.
             self.ring.submit()
         conn.sock.close()
-
-    def _log(self, message: str) -> None:
-        if message not in self.logged:
-            self.logged.add(message)
-            print(message, file=sys.stderr, flush=True)
 
 
 class IoUring(Backend):

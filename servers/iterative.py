@@ -32,7 +32,7 @@ class Iterative(Backend):
         def handle(sock: socket.socket) -> None:
             current.add(sock)
             try:
-                serve_connection(sock, new_session, settings)
+                serve_connection(sock, new_session, settings, stop=stop)
             finally:
                 current.discard(sock)
 

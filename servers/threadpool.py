@@ -50,7 +50,7 @@ def serve_pool(listener: socket.socket, settings: Settings, stop: StopSignal,
                 return
             conns.add(sock)
             try:
-                serve_connection(sock, new_session, settings)
+                serve_connection(sock, new_session, settings, stop=stop)
             finally:
                 conns.discard(sock)
 

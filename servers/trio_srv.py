@@ -1,14 +1,20 @@
 """trio: a task per connection under structured concurrency.
 
-``trio.serve_listeners`` runs on the socket the launcher opened and starts a
-task per connection in a nursery this module owns. Timeouts are cancel scopes:
+An accept loop on the socket the launcher opened starts a task per connection
+in a nursery this module owns. Timeouts are cancel scopes:
 each receive runs under a deadline taken from the session (idle or header
 timeout), each send must progress within the idle timeout. Shutdown is
 structured too: when the stop descriptor becomes readable the accept loop is
 cancelled, every idle receive is cancelled so its task flushes and closes, and
 the connections' nursery gets a deadline of the grace, after which whatever
-is left is cancelled. Backpressure needs no code: a task awaiting ``send_all``
-does not read.
+is left is cancelled. Backpressure: a task awaiting ``send_all`` does not read,
+and the session parses no further than the write high-water mark, so the task
+sends what one read produced before it parses the rest of that read.
+
+Accepting is this module's own loop rather than ``trio.serve_listeners``, whose
+answer to running out of descriptors is a logged traceback every 100 ms:
+:class:`servers.drivers.accepting.AcceptBackoff` logs once per episode and
+pauses, growing, until a descriptor is free.
 
 trio installs its own signal wakeup descriptor while it runs (ours is
 unset meanwhile); SIGTERM still reaches :class:`StopSignal`'s Python handler,
@@ -22,13 +28,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from servers.backend import Backend
 from servers.cli import main
 from servers.core import FileSlice, Session, Write, session_factory
+from servers.drivers.accepting import AcceptBackoff
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -62,6 +69,8 @@ class _Connection:
             await self._send(session.take_output())
             if session.closing or self.stopping:
                 return
+            if session.paused and session.resume(time.monotonic()):
+                continue  # all sent: parse what the last read still holds
             with trio.CancelScope(deadline=_trio_time(session.deadline())) as scope:
                 self.receiving = scope
                 data = await stream.receive_some(size)
@@ -78,6 +87,7 @@ class _Connection:
                 return
             session.received(data, time.monotonic())
 
+
     async def _send(self, writes: list[Write]) -> None:
         for item in writes:
             if isinstance(item, FileSlice):
@@ -90,7 +100,7 @@ class _Connection:
             for start in range(0, len(view), _SEND_CHUNK):
                 with trio.fail_after(self.settings.idle_timeout):
                     await self.stream.send_all(view[start:start + _SEND_CHUNK])
-                self.session.touch(time.monotonic())
+                self.session.sent(min(_SEND_CHUNK, len(view) - start), time.monotonic())
 
     async def _send_file(self, item: FileSlice) -> None:
         """sendfile(2) on the non-blocking socket, waiting for writability between calls."""
@@ -99,14 +109,14 @@ class _Connection:
             with trio.fail_after(self.settings.idle_timeout):
                 await trio.lowlevel.wait_writable(sock)
             try:
-                sent = os.sendfile(sock.fileno(), item.file.fileno(), item.offset,
+                sent = os.sendfile(sock.fileno(), item.fileno(), item.offset,
                                    min(item.count, _SEND_CHUNK))
             except BlockingIOError:
                 continue
             if sent == 0:
                 raise trio.BrokenResourceError("file shrank while being sent")
             item.advance(sent)
-            self.session.touch(time.monotonic())
+            self.session.sent(sent, time.monotonic())
 
     async def linger_close(self) -> None:
         """Half-close and read what the peer still sends (bounded), so the last
@@ -123,6 +133,24 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
+
+async def _accept_loop(listener: trio.socket.SocketType, nursery: trio.Nursery,
+                       handle: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+    """Accept until cancelled, a task per connection; pause when out of descriptors."""
+    backoff = AcceptBackoff()
+    while True:
+        try:
+            sock, _ = await listener.accept()
+        except OSError as exc:
+            pause = backoff.failed(exc)
+            if pause is None:
+                if isinstance(exc, ConnectionAbortedError):
+                    continue
+                raise
+            await trio.sleep(pause)
+            continue
+        backoff.succeeded()
+        nursery.start_soon(handle, trio.SocketStream(sock))
 
 async def serve_trio(listener: socket.socket, settings: Settings, stop: StopSignal) -> None:
     """Serve until the stop descriptor is readable, then drain within the grace."""
@@ -149,13 +177,13 @@ async def serve_trio(listener: socket.socket, settings: Settings, stop: StopSign
             finally:
                 await stream.aclose()
 
-    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(listener))]
+    trio_listener = trio.socket.from_stdlib_socket(listener)
     async with trio.open_nursery() as connections:
         accepting = trio.CancelScope()
 
         async def accept() -> None:
             with accepting:
-                await trio.serve_listeners(handle, listeners, handler_nursery=connections)
+                await _accept_loop(trio_listener, connections, handle)
 
         connections.start_soon(accept)
         await trio.lowlevel.wait_readable(stop.fileno())

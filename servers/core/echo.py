@@ -6,13 +6,13 @@ from servers.core.session import Session
 
 
 class EchoSession(Session):
-    """Echo state: nothing but the output queue and the idle clock."""
+    """Echo state: nothing but the output queue and the idle clock.
 
-    def received(self, data: bytes | memoryview, now: float) -> None:
-        self._last_activity = now
-        if data and not self.closing:
-            self._emit(bytes(data))
+    One read is echoed whole (a read is at most ``read_size``), so echo never
+    holds input; the driver stops reading while the echoed bytes are over the mark.
+    A half-close still gets everything received echoed, then the connection closes.
+    """
 
-    def eof_received(self, now: float) -> None:
-        # Half-close: everything received is still echoed, then the connection closes.
-        self.closing = True
+    def _feed(self, data: memoryview, now: float) -> int:
+        self._emit(bytes(data))
+        return len(data)

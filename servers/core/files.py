@@ -1,8 +1,13 @@
 """Static files under a root: safe path resolution, content types, listings.
 
 A request path is percent-decoded once, split into segments and joined under
-the root; any ``..`` segment, NUL byte or resolved path (symlinks followed)
-outside the root is refused, so no byte from outside the root is ever served.
+the root, all in bytes (a name need not be UTF-8); any ``..`` segment, NUL byte
+or resolved path (symlinks followed) outside the root is refused, so no byte
+from outside the root is ever served. A listing names every entry whatever
+bytes its name holds: the link is percent-encoded from the raw bytes, the text
+is HTML-escaped, with undecodable bytes and control characters shown as
+``\\xNN``. Reading a file or directory the server may not read raises
+PermissionError, which the HTTP session answers with 403.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import html
 import mimetypes
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +24,11 @@ from urllib.parse import quote, unquote_to_bytes
 # Only the built-in table: the same answer on every machine, whatever /etc/mime.types says.
 _TYPES = mimetypes.MimeTypes()
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "image/svg+xml")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def content_type(name: str) -> str:
-    guessed, _ = _TYPES.guess_type(name, strict=False)
+def content_type(name: str | bytes) -> str:
+    guessed, _ = _TYPES.guess_type(os.fsdecode(name), strict=False)
     if guessed is None:
         return "application/octet-stream"
     if guessed.startswith(_TEXT_TYPES):
@@ -29,11 +36,19 @@ def content_type(name: str) -> str:
     return guessed
 
 
+def display_name(raw: bytes) -> str:
+    """A name as HTML text: UTF-8 where it is, ``\\xNN`` for other bytes and control
+    characters, then escaped (quotes included)."""
+    text = raw.decode("utf-8", "backslashreplace")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return html.escape(text, quote=True)
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What a request path names: a regular file or a directory, by its real path."""
 
-    path: str
+    path: bytes
     is_dir: bool
 
 
@@ -41,7 +56,7 @@ class FileRoot:
     """Maps request paths to files under one directory."""
 
     def __init__(self, root: Path) -> None:
-        self.root = os.path.realpath(root)
+        self.root = os.path.realpath(os.fsencode(root))
         if not os.path.isdir(self.root):
             raise ValueError(f"--root {root}: not a directory")
 
@@ -50,15 +65,11 @@ class FileRoot:
         decoded = unquote_to_bytes(raw_path)
         if b"\x00" in decoded or b"\\" in decoded:
             return None
-        try:
-            text = decoded.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        segments = [s for s in text.split("/") if s not in ("", ".")]
-        if any(s == ".." for s in segments):
+        segments = [s for s in decoded.split(b"/") if s not in (b"", b".")]
+        if any(s == b".." for s in segments):
             return None
         real = os.path.realpath(os.path.join(self.root, *segments))
-        if real != self.root and not real.startswith(self.root + os.sep):
+        if real != self.root and not real.startswith(self.root + b"/"):
             return None
         try:
             st = os.stat(real)
@@ -70,9 +81,13 @@ class FileRoot:
             return Resolved(real, False)
         return None
 
-    def listing(self, resolved: Resolved, url_path: str) -> bytes:
-        """An HTML page with a link per entry of a directory, sorted, directories first."""
-        base = url_path if url_path.endswith("/") else url_path + "/"
+    def listing(self, resolved: Resolved, url_path: bytes) -> bytes:
+        """An HTML page with a link per entry of a directory, sorted, directories first.
+
+        ``url_path`` is the decoded request path. Raises PermissionError when the
+        directory cannot be read.
+        """
+        base = url_path if url_path.endswith(b"/") else url_path + b"/"
         entries = []
         with os.scandir(resolved.path) as it:
             for entry in it:
@@ -80,11 +95,12 @@ class FileRoot:
                     is_dir = entry.is_dir()
                 except OSError:
                     continue
-                entries.append((not is_dir, entry.name + ("/" if is_dir else "")))
+                entries.append((not is_dir, entry.name + (b"/" if is_dir else b"")))
         entries.sort()
-        title = html.escape(base)
+        title = display_name(base)
         rows = "".join(
-            f'<li><a href="{html.escape(quote(base + name))}">{html.escape(name)}</a></li>\n'
+            f'<li><a href="{html.escape(quote(base + name, safe="/"))}">'
+            f"{display_name(name)}</a></li>\n"
             for _, name in entries
         )
         page = (

@@ -4,15 +4,26 @@
 the cached benchmark-page heads); :class:`HttpSession` is one connection. Each
 complete request appends its response to the output in arrival order, so
 pipelined requests are answered in order. Errors 400, 413 and 431 close the
-connection after their response; 404 and 405 keep it when the request allows.
+connection after their response; 403, 404, 405 and 500 keep it when the request
+allows. An unexpected exception while answering one request gives that request
+a 500 and one log line on stderr; the connection and the server go on.
 A method the parser knows but we do not serve (POST, PUT, ...) gets 405 with
 ``Allow``; a method token llhttp does not know at all is a malformed request,
 400, so the answer never depends on where the bytes were split.
+
+Input is fed to the parser in pieces that end at a request head's blank line, so
+parsing stops between requests once the output passes the write high-water mark
+(see :mod:`servers.core.session`). The header deadline runs from the first byte
+of a request (blank lines before a request line included) to the end of its
+head; after a response it starts again at the first byte of the next request.
+An HTTP/1.0 request carrying Transfer-Encoding has no trustworthy framing (RFC
+9112 §6.1): it is answered when its head ends, then the connection closes.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
 
@@ -25,6 +36,7 @@ from servers.settings import Settings
 
 _GET_HEAD = (b"GET", b"HEAD")
 _HEADER_LINE_OVERHEAD = 4  # ": " and CRLF around each name/value pair
+_HEAD_END = b"\r\n\r\n"
 
 
 class HttpApp:
@@ -56,6 +68,10 @@ class HttpApp:
 class _Abort(Exception):
     """Raised inside a parser callback to stop parsing with an error status (or 0: stop)."""
 
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
 
 class HttpSession(Session):
     """One HTTP connection: parser callbacks build responses into the output."""
@@ -65,27 +81,45 @@ class HttpSession(Session):
         self._app = app
         self._parser = httptools.HttpRequestParser(self)
         self._now = now
-        self._abort_status = 0
-        self._in_head = False
-        self._head_started = 0.0
+        self._head_started: float | None = None  # a request head is in progress since then
+        self._in_body = False
         self._head_bytes = 0
         self._head_raw = 0
         self._body_bytes = 0
+        self._transfer_encoding = False
         self._url = bytearray()
 
     # -- driver side -------------------------------------------------------------------
 
-    def received(self, data: bytes | memoryview, now: float) -> None:
-        self._last_activity = now
-        if self.closing or not data:
-            return
+    def _feed(self, data: memoryview, now: float) -> int:
         self._now = now
-        if self._in_head:
-            self._head_raw += len(data)
+        total = len(data)
+        raw = data.tobytes()
+        end = _end_of_piece(raw, 0)
+        if end == total:  # the common case: one request, or part of one
+            self._feed_piece(data)
+            return total
+        pos = 0
+        while True:
+            # Released at once: no view of the driver's buffer outlives this call, even
+            # one a traceback's frames still reference.
+            with data[pos:end] as piece:
+                self._feed_piece(piece)
+            pos = end
+            if pos == total or self.closing or self.over_mark:
+                return total if self.closing else pos
+            end = _end_of_piece(raw, pos)
+
+    def _feed_piece(self, piece: memoryview) -> None:
+        if self._head_started is None and not self._in_body:
+            self._head_started = self._now  # the first byte of a request, blank lines too
+        if self._head_started is not None:
+            self._head_raw += len(piece)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError:
-            self._fail(self._abort_status)
+            self._parser.feed_data(piece)
+        except httptools.HttpParserCallbackError as exc:
+            # Not kept in a local: the exception's frames point back at this one.
+            self._callback_failed(exc.__context__)
             return
         except httptools.HttpParserUpgrade:
             # Upgrades are not supported: what was answered stands, then the connection ends.
@@ -94,26 +128,30 @@ class HttpSession(Session):
         except httptools.HttpParserError:
             self._fail(400)
             return
-        if self._in_head and self._head_raw > self.settings.max_header_bytes:
+        if self._head_started is not None and self._head_raw > self.settings.max_header_bytes:
             self._fail(431)
 
-    def eof_received(self, now: float) -> None:
-        self.closing = True
+    def _callback_failed(self, cause: BaseException | None) -> None:
+        if isinstance(cause, _Abort):
+            self._fail(cause.status)
+        else:
+            self._log_failure(cause)
+            self._fail(500)
 
     def deadline(self) -> float:
         idle = super().deadline()
-        if self._in_head:
+        if self._head_started is not None:
             return min(idle, self._head_started + self.settings.header_timeout)
         return idle
 
     # -- parser callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_head = True
-        self._head_started = self._now
+        if self._head_started is None:
+            self._head_started = self._now
         self._head_bytes = 0
-        self._head_raw = 0
         self._body_bytes = 0
+        self._transfer_encoding = False
         self._url.clear()
 
     def on_url(self, url: bytes) -> None:
@@ -122,16 +160,27 @@ class HttpSession(Session):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value) + _HEADER_LINE_OVERHEAD)
-        if name.lower() == b"content-length":
+        lower = name.lower()
+        if lower == b"content-length":
             try:
                 declared = int(value)
             except ValueError:
                 declared = 0  # the parser itself rejects a malformed length
             if declared > self.settings.max_body_bytes:
                 self._abort(413)
+        elif lower == b"transfer-encoding":
+            self._transfer_encoding = True
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._head_started = None
+        self._head_raw = 0
+        self._in_body = True
+        if self._transfer_encoding and self._parser.get_http_version() == "1.0":
+            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing, so what
+            # follows the head cannot be trusted: answer now, then close.
+            self._answer(wire.CLOSE)
+            self.closing = True
+            self._abort(0)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -139,6 +188,7 @@ class HttpSession(Session):
             self._abort(413)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         parser = self._parser
         if not parser.should_keep_alive():
             connection = wire.CLOSE
@@ -146,7 +196,7 @@ class HttpSession(Session):
             connection = wire.KEEP_10
         else:
             connection = wire.KEEP
-        self._respond(parser.get_method(), bytes(self._url), connection)
+        self._answer(connection)
         if connection == wire.CLOSE:
             self.closing = True
             self._abort(0)
@@ -159,7 +209,6 @@ class HttpSession(Session):
             self._abort(431)
 
     def _abort(self, status: int) -> None:
-        self._abort_status = status
         raise _Abort(status)
 
     def _fail(self, status: int) -> None:
@@ -167,6 +216,34 @@ class HttpSession(Session):
         if status and not self.closing:
             self._emit(wire.error_response(status, self._app.dates.now(), wire.CLOSE))
         self.closing = True
+
+    def _answer(self, connection: int) -> None:
+        """Respond to the request just parsed; an unexpected failure becomes a 500."""
+        method, url = self._parser.get_method(), bytes(self._url)
+        mark = len(self._out)
+        try:
+            self._respond(method, url, connection)
+        except _Abort:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one request fails, not the connection
+            self._drop_output_since(mark)
+            self._log_failure(exc, method, url)
+            self._emit(wire.error_response(500, self._app.dates.now(), connection,
+                                           head_only=method == b"HEAD"))
+
+    @staticmethod
+    def _log_failure(exc: BaseException | None, method: bytes = b"", url: bytes = b"") -> None:
+        """One line on stderr: the request, the exception and where it was raised."""
+        where = ""
+        tb = exc.__traceback__ if exc is not None else None
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            code = tb.tb_frame.f_code
+            where = f" at {os.path.basename(code.co_filename)}:{tb.tb_lineno}"
+        request = f"{method.decode('latin-1')} {url.decode('latin-1')!r}: " if method else ""
+        sys.stderr.write(f"http: 500 Internal Server Error: {request}{exc!r}{where}\n")
+        sys.stderr.flush()
 
     def _respond(self, method: bytes, url: bytes, connection: int) -> None:
         app = self._app
@@ -200,24 +277,44 @@ class HttpSession(Session):
             self._emit(wire.error_response(404, date, connection, head_only=head_only))
             return
         if resolved.is_dir:
-            body = app.files.listing(resolved, unquote_to_bytes(path).decode("utf-8", "replace"))
+            try:
+                body = app.files.listing(resolved, unquote_to_bytes(path))
+            except PermissionError:
+                self._emit(wire.error_response(403, date, connection, head_only=head_only))
+                return
+            except (FileNotFoundError, NotADirectoryError):
+                self._emit(wire.error_response(404, date, connection, head_only=head_only))
+                return
             self._emit(wire.compose_head(200, date, "text/html; charset=utf-8", len(body),
                                          connection))
             if not head_only:
                 self._emit(body)
             return
+        # Opened only to learn that it can be read and how long it is: the descriptor is
+        # closed at once, and the FileSlice opens the file again when its turn comes.
         try:
-            file = open(resolved.path, "rb")  # noqa: SIM115 - handed to the driver in a FileSlice
+            fd = os.open(resolved.path, os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            self._emit(wire.error_response(403, date, connection, head_only=head_only))
+            return
         except OSError:
             self._emit(wire.error_response(404, date, connection, head_only=head_only))
             return
-        st = os.fstat(file.fileno())
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         self._emit(wire.compose_head(
             200, date, content_type(resolved.path), st.st_size, connection,
             last_modified=formatdate(st.st_mtime, usegmt=True),
         ))
-        if head_only or st.st_size == 0:
-            file.close()
-        else:
-            self._emit(FileSlice(file, 0, st.st_size))
+        if not head_only and st.st_size > 0:
+            self._emit(FileSlice(resolved.path, 0, st.st_size, (st.st_dev, st.st_ino)))
 
+
+def _end_of_piece(raw: bytes, start: int) -> int:
+    """Where the piece of input from ``start`` ends: after the next blank line that ends
+    a request head, or at the end of the data. One piece completes at most the request
+    whose body it starts with and one more, so parsing can pause between requests."""
+    end = raw.find(_HEAD_END, start)
+    return len(raw) if end < 0 else end + len(_HEAD_END)

@@ -2,49 +2,92 @@
 
 A :class:`Session` is one connection's protocol state. Drivers call
 :meth:`Session.received` with what they read, :meth:`Session.eof_received` when
-the peer stops sending, and send what :meth:`Session.take_output` returns. When
-:attr:`Session.closing` is true the driver stops reading, flushes the output and
-closes. Timeouts are asked of :meth:`Session.deadline` and :meth:`Session.expired`.
+the peer stops sending, send what :meth:`Session.take_output` returns and report
+each byte that left with :meth:`Session.sent`. When :attr:`Session.closing` is
+true the driver stops reading, flushes the output and closes. Timeouts are asked
+of :meth:`Session.deadline` and :meth:`Session.expired`.
+
+Backpressure is decided here, once for every driver: the session counts the
+output it produced that the driver has not reported sent, and once that passes
+the write high-water mark it stops parsing, between two requests, and keeps the
+unparsed rest of the input (:attr:`Session.paused`). The driver reads nothing
+while :attr:`Session.wants_input` is false, and calls :meth:`Session.resume`
+when its output has drained; so what one connection holds is the mark plus one
+response, whatever one read contained.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from servers.settings import Settings
 
 
-@dataclass
 class FileSlice:
-    """``count`` bytes of an open file from ``offset``: sent with sendfile where possible.
+    """``count`` bytes of a file from ``offset``, sent with sendfile where possible.
 
-    The session opens the file; the driver that sends or drops the slice calls
-    :meth:`close` (dropping the last reference closes it too).
+    The file is opened only when the driver reaches it (:meth:`open`), so a queue
+    of pipelined file responses holds no descriptor; the file must still be the
+    one whose length went into the response head (same device and inode, long
+    enough), else opening fails with OSError and the driver ends the connection.
+    The driver that sends or drops the slice calls :meth:`close`.
     """
 
-    file: BinaryIO
-    offset: int
-    count: int
+    __slots__ = ("path", "offset", "count", "identity", "_file")
+
+    def __init__(self, path: bytes, offset: int, count: int,
+                 identity: tuple[int, int] = (0, 0)) -> None:
+        self.path = path
+        self.offset = offset
+        self.count = count
+        self.identity = identity
+        self._file: BinaryIO | None = None
+
+    def open(self) -> BinaryIO:
+        """The open file, opened on first use."""
+        if self._file is None:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
+                if ((st.st_dev, st.st_ino) != self.identity
+                        or st.st_size < self.offset + self.count):
+                    raise OSError(errno.ESTALE, "file replaced or shrunk since its head was sent")
+            except BaseException:
+                os.close(fd)
+                raise
+            self._file = os.fdopen(fd, "rb")
+        return self._file
+
+    def fileno(self) -> int:
+        return self.open().fileno()
+
+    @property
+    def is_open(self) -> bool:
+        return self._file is not None
 
     def close(self) -> None:
-        self.file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def read_chunk(self, limit: int) -> bytes:
         """Read up to ``limit`` bytes at the current offset (for drivers without sendfile)."""
-        return os.pread(self.file.fileno(), min(limit, self.count), self.offset)
+        return os.pread(self.fileno(), min(limit, self.count), self.offset)
 
     def advance(self, n: int) -> None:
         self.offset += n
         self.count -= n
 
 
-
-
 Write = bytes | FileSlice
+
+
+def write_size(item: Write) -> int:
+    return item.count if isinstance(item, FileSlice) else len(item)
 
 
 class Session(ABC):
@@ -54,15 +97,49 @@ class Session(ABC):
         self.settings = settings
         self.closing = False
         self._out: list[Write] = []
+        self._unsent = 0  # produced and not yet reported sent by the driver
+        self._held = bytearray()  # read but not parsed: the output was over the mark
+        self._eof = False
         self._last_activity = now
 
     @abstractmethod
+    def _feed(self, data: memoryview, now: float) -> int:
+        """Parse ``data`` until :attr:`over_mark` (checked between requests) or the
+        end; return how many bytes were consumed. Kept bytes are copied."""
+
     def received(self, data: bytes | memoryview, now: float) -> None:
         """Take bytes read from the peer (copied if kept: the buffer may be reused)."""
+        self._last_activity = now
+        if self.closing or not data:
+            return
+        if self._held:
+            self._held += data
+            self.resume(now)
+            return
+        with memoryview(data) as view:
+            used = self._feed(view, now)
+            if used < len(view) and not self.closing:
+                self._held = bytearray(view[used:])
 
-    @abstractmethod
+    def resume(self, now: float) -> bool:
+        """Parse held input as far as the mark allows; return whether any was parsed.
+        Drivers call this when their output has drained and :attr:`paused` is true."""
+        if not self._held or self.closing or self.over_mark:
+            return False
+        held, self._held = self._held, bytearray()
+        with memoryview(held) as view:
+            used = self._feed(view, now)
+            if used < len(view) and not self.closing:
+                self._held = bytearray(view[used:])
+        if self._eof and not self._held:
+            self.closing = True
+        return used > 0
+
     def eof_received(self, now: float) -> None:
-        """The peer shut down its sending side."""
+        """The peer shut down its sending side: what it sent is still answered."""
+        self._eof = True
+        if not self._held:
+            self.closing = True
 
     def take_output(self) -> list[Write]:
         """Return and forget what must be written next, adjacent bytes joined."""
@@ -83,13 +160,30 @@ class Session(ABC):
             merged.append(b"".join(run))
         return merged
 
+    def sent(self, n: int, now: float) -> None:
+        """``n`` bytes of the output left (or were handed to a transport that paces
+        itself); write progress also counts as activity, so a slow reader of a big
+        file is not idle."""
+        self._unsent -= n
+        self._last_activity = now
+
     @property
     def has_output(self) -> bool:
         return bool(self._out)
 
-    def touch(self, now: float) -> None:
-        """Count write progress as activity, so a slow reader of a big file is not idle."""
-        self._last_activity = now
+    @property
+    def over_mark(self) -> bool:
+        return self._unsent > self.settings.write_high_water
+
+    @property
+    def paused(self) -> bool:
+        """Input is held unparsed until the output drains below the mark."""
+        return bool(self._held)
+
+    @property
+    def wants_input(self) -> bool:
+        """Whether the driver should read: not closing, nothing held, output under the mark."""
+        return not self.closing and not self._held and not self.over_mark
 
     def deadline(self) -> float:
         """The monotonic time after which :meth:`expired` is true unless activity happens."""
@@ -100,6 +194,13 @@ class Session(ABC):
 
     def _emit(self, data: Write) -> None:
         self._out.append(data)
+        self._unsent += write_size(data)
+
+    def _drop_output_since(self, mark: int) -> None:
+        """Forget what was emitted after ``len(self._out) == mark`` (a failed response)."""
+        for item in self._out[mark:]:
+            self._unsent -= write_size(item)
+        del self._out[mark:]
 
 
 def session_factory(settings: Settings) -> Callable[[float], Session]:

@@ -19,8 +19,11 @@ PAGE_BODY: bytes = _WIRE["page"]["body"].encode()
 PAGE_CONTENT_TYPE: str = _WIRE["page"]["content_type"]
 ERROR_CONTENT_TYPE: str = _WIRE["error_content_type"]
 ALLOW: str = _WIRE["allow"]
-REASONS: dict[int, str] = {200: "OK", **{int(k): v["reason"] for k, v in _WIRE["errors"].items()}}
-ERROR_BODIES: dict[int, bytes] = {int(k): v["body"].encode() for k, v in _WIRE["errors"].items()}
+# "errors" every HTTP server sends; "core_errors" only this core (403 under --root, 500).
+_ERRORS = {int(k): v for group in ("errors", "core_errors")
+           for k, v in _WIRE[group].items() if k.isdigit()}
+REASONS: dict[int, str] = {200: "OK", **{code: v["reason"] for code, v in _ERRORS.items()}}
+ERROR_BODIES: dict[int, bytes] = {code: v["body"].encode() for code, v in _ERRORS.items()}
 
 KEEP = 0
 CLOSE = 1

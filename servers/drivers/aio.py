@@ -2,11 +2,19 @@
 
 The loop reads straight into a buffer the server owns (no bytes object per
 read, which is what makes a plain ``asyncio.Protocol`` slow), the core copies
-what it keeps. The transport's write buffer limits are the high-water mark:
-when the peer stops reading, ``pause_writing`` pauses reading from it. Files are
-sent with ``loop.sendfile`` on the stdlib loop (a real sendfile) and by
+what it keeps. Bytes handed to the transport count as sent for the session;
+the transport's write buffer limits are the high-water mark: while the session
+holds input or the transport has paused writing, reading from that peer is
+paused, and the session parses what it held once the transport drains. Files
+are sent with ``loop.sendfile`` on the stdlib loop (a real sendfile) and by
 read-and-write paced by flow control on uvloop, which has none; output queued
 behind a file waits for it.
+
+The listener is accepted from here, not by ``loop.create_server``, so that both
+loops handle running out of descriptors the same way
+(:class:`servers.drivers.accepting.AcceptBackoff`): one log line per episode, a
+pause, then accepting again (the stdlib loop logs a traceback per attempt and
+libuv accepts and drops connections while it lasts).
 """
 
 from __future__ import annotations
@@ -17,10 +25,12 @@ import time
 from collections import deque
 
 from servers.core import FileSlice, Session, Write, session_factory
+from servers.drivers.accepting import AcceptBackoff
 from servers.settings import Settings
 from servers.stop import StopSignal
 
 _FILE_CHUNK = 256 * 1024
+_ACCEPT_BATCH = 64
 
 
 class _Server:
@@ -49,6 +59,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         self.queue: deque[Write] = deque()
         self.file_task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # the monotonic deadline the timer is armed for
         self.read_paused = False
         self.finished = False
         self.drained: asyncio.Future[None] | None = None
@@ -76,9 +87,14 @@ class CoreProtocol(asyncio.BufferedProtocol):
         return self.server.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self.session is not None
-        self.session.received(self.server.view[:nbytes], time.monotonic())
+        session = self.session
+        assert session is not None
+        session.received(self.server.view[:nbytes], time.monotonic())
         self._pump()
+        timer = self.timer
+        if timer is not None and session.deadline() < self.timer_at and not self.finished:
+            timer.cancel()  # a request head began: its deadline comes before the idle one
+            self._arm_timer()
 
     def eof_received(self) -> bool:
         assert self.session is not None
@@ -94,8 +110,8 @@ class CoreProtocol(asyncio.BufferedProtocol):
         if self.drained is not None:
             self.drained.set_result(None)
             self.drained = None
-        if self.session is not None and not self.session.closing:
-            self._pause_reading(False)
+        if self.session is not None and self.transport is not None and not self.finished:
+            self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finished = True
@@ -117,31 +133,40 @@ class CoreProtocol(asyncio.BufferedProtocol):
     def _pump(self) -> None:
         session, transport = self.session, self.transport
         assert session is not None and transport is not None
-        self.queue.extend(session.take_output())
-        if self.file_task is None:
-            self._write_queue()
+        while True:
+            self.queue.extend(session.take_output())
+            if self.file_task is None:
+                self._write_queue()
+            if (self.queue or self.file_task is not None or self.drained is not None
+                    or not session.paused or not session.resume(time.monotonic())):
+                break
         if session.closing:
             self._pause_reading(True)
             if self.file_task is None and not self.queue:
                 self._close_after_flush()
+        else:
+            self._pause_reading(not session.wants_input or self.drained is not None)
 
     def _write_queue(self) -> None:
-        transport = self.transport
-        assert transport is not None
+        transport, session = self.transport, self.session
+        assert transport is not None and session is not None
         while self.queue:
             item = self.queue.popleft()
             if isinstance(item, FileSlice):
                 self.file_task = self.loop.create_task(self._send_file(item))
                 return
             transport.write(item)
+            session.sent(len(item), time.monotonic())
 
     async def _send_file(self, item: FileSlice) -> None:
         transport = self.transport
         assert transport is not None and self.session is not None
+        count = item.count
         try:
             if self.server.native_sendfile:
-                await self.loop.sendfile(transport, item.file, item.offset, item.count,
+                await self.loop.sendfile(transport, item.open(), item.offset, item.count,
                                          fallback=False)
+                self.session.sent(count, time.monotonic())
             else:
                 await self._write_file(item)
         except (ConnectionError, OSError, RuntimeError):
@@ -150,7 +175,6 @@ class CoreProtocol(asyncio.BufferedProtocol):
         finally:
             item.close()
         self.file_task = None
-        self.session.touch(time.monotonic())
         self._pump()
 
     async def _write_file(self, item: FileSlice) -> None:
@@ -164,7 +188,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
                 raise ConnectionError("file shrank while being sent")
             item.advance(len(chunk))
             self.transport.write(chunk)
-            self.session.touch(time.monotonic())
+            self.session.sent(len(chunk), time.monotonic())
 
     def _close_after_flush(self) -> None:
         assert self.transport is not None
@@ -194,7 +218,8 @@ class CoreProtocol(asyncio.BufferedProtocol):
 
     def _arm_timer(self) -> None:
         assert self.session is not None
-        self.timer = self.loop.call_at(self._loop_time(self.session.deadline()), self._on_timer)
+        self.timer_at = self.session.deadline()
+        self.timer = self.loop.call_at(self._loop_time(self.timer_at), self._on_timer)
 
     def _loop_time(self, monotonic_deadline: float) -> float:
         return self.loop.time() + (monotonic_deadline - time.monotonic())
@@ -219,19 +244,73 @@ class CoreProtocol(asyncio.BufferedProtocol):
             self._pump()
 
 
+class _Acceptor:
+    """Accepts on the listener from a reader callback and hands each socket to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, listener: socket.socket,
+                 state: _Server) -> None:
+        self.loop = loop
+        self.listener = listener
+        self.state = state
+        self.backoff = AcceptBackoff()
+        self.watching = False
+        self.retry: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        listener.setblocking(False)
+
+    def start(self) -> None:
+        self.retry = None
+        self.loop.add_reader(self.listener.fileno(), self._accept)
+        self.watching = True
+
+    def close(self) -> None:
+        if self.watching:
+            self.loop.remove_reader(self.listener.fileno())
+            self.watching = False
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                pause = self.backoff.failed(exc)
+                if pause is None:
+                    raise
+                self.close()
+                self.retry = self.loop.call_later(pause, self.start)
+                return
+            self.backoff.succeeded()
+            task = self.loop.create_task(self._connect(sock))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _connect(self, sock: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: CoreProtocol(self.state), sock)
+        except OSError:
+            sock.close()
+
+
 async def serve_listener(listener: socket.socket, settings: Settings, stop: StopSignal) -> None:
     """Serve ``listener`` with :class:`CoreProtocol` until stop, then drain and return."""
     loop = asyncio.get_running_loop()
     state = _Server(settings)
-    server = await loop.create_server(lambda: CoreProtocol(state), sock=listener,
-                                      backlog=settings.backlog)
+    acceptor = _Acceptor(loop, listener, state)
+    acceptor.start()
     stopped = asyncio.Event()
     loop.add_reader(stop.fileno(), stopped.set)
     try:
         await stopped.wait()
     finally:
         loop.remove_reader(stop.fileno())
-    server.close()
+    acceptor.close()
     state.stopping = True
     state.all_closed = asyncio.Event()
     for conn in list(state.connections):

@@ -3,20 +3,22 @@
 Timeouts come from the session's deadline (idle, header); a peer that does not
 read what we send makes no progress for ``idle_timeout`` and is dropped, so a
 blocked thread never waits forever. Sending everything before reading again is
-this model's backpressure: memory per connection is bounded by one read.
+this model's backpressure, and the session parses no further than the write
+high-water mark past what was sent, so memory per connection is bounded by the
+mark plus one response whatever one read held. Descriptor shortage at accept is
+handled by :class:`servers.drivers.accepting.AcceptBackoff`.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import socket
-import sys
 import time
 from collections.abc import Callable
 
 from servers.core import FileSlice, Session, Write
+from servers.drivers.accepting import AcceptBackoff
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -69,6 +71,7 @@ def accept_until_stopped(listener: socket.socket, stop: StopSignal,
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     poller.register(stop, select.POLLIN)
+    backoff = AcceptBackoff()
     while not stop.is_set():
         ready = poller.poll()
         if stop.is_set():
@@ -83,11 +86,12 @@ def accept_until_stopped(listener: socket.socket, stop: StopSignal,
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             continue
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                _log_once(f"accept: {exc.strerror}; waiting for connections to close")
-                stop.wait(0.05)  # out of descriptors: back off instead of spinning
-                continue
-            raise
+            pause = backoff.failed(exc)
+            if pause is None:
+                raise
+            stop.wait(pause)
+            continue
+        backoff.succeeded()
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         handle(sock)
@@ -101,35 +105,38 @@ def _drain(fd: int) -> None:
         pass
 
 
-_logged: set[str] = set()
-
-
-def _log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        print(message, file=sys.stderr, flush=True)
-
-
 def serve_connection(
     sock: socket.socket,
     new_session: Callable[[float], Session],
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
+    stop: StopSignal | None = None,
 ) -> None:
-    """Run one connection to its end and close the socket."""
+    """Run one connection to its end and close the socket.
+
+    With ``stop``, a send blocked on a peer that does not read gives up once the
+    server has been stopping for the shutdown grace (the thread that waits may be
+    the one that must exit: iterative)."""
     session = new_session(clock())
     buf = bytearray(settings.read_size)
     view = memoryview(buf)
     pending: list[Write] = []
+    eof = False
     try:
         while True:
             pending = session.take_output()
             if pending:
-                _send_all(sock, pending, session, settings, clock)
+                _send_all(sock, pending, session, settings, clock, stop)
                 pending = []
             if session.closing:
-                _linger_close(sock, settings)
+                # After the peer's FIN nothing is left to drain: close at once. (Each
+                # syscall of a drain is one more wait for the GIL; 10,000 threads of
+                # `threaded` leaving together made a new client wait about a second.)
+                if not eof:
+                    _linger_close(sock, settings)
                 return
+            if session.paused and session.resume(clock()):
+                continue  # everything is sent: parse what the last read still holds
             now = clock()
             timeout = session.deadline() - now
             if timeout <= 0:
@@ -142,6 +149,7 @@ def serve_connection(
                     return
                 continue
             if n == 0:
+                eof = True
                 session.eof_received(clock())
             else:
                 session.received(view[:n], clock())
@@ -156,26 +164,76 @@ def serve_connection(
 
 
 def _send_all(sock: socket.socket, writes: list[Write], session: Session, settings: Settings,
-              clock: Callable[[], float]) -> None:
-    """Send every write; each send must progress within the idle timeout."""
-    sock.settimeout(settings.idle_timeout)
+              clock: Callable[[], float], stop: StopSignal | None) -> None:
+    """Send every write; each send must progress within the idle timeout, and within
+    the shutdown grace once ``stop`` is set."""
+    patience = _Patience(settings, clock, stop)
+    sock.settimeout(patience.step)
     for item in writes:
         if isinstance(item, bytes):
             data = memoryview(item)
             while data:
-                sent = sock.send(data[:_SEND_CHUNK])
+                try:
+                    sent = sock.send(data[:_SEND_CHUNK])
+                except TimeoutError:
+                    patience.check()
+                    continue
                 data = data[sent:]
-                session.touch(clock())
+                session.sent(sent, clock())
+                patience.progressed()
         else:
             try:
+                file = item.open()
                 while item.count > 0:
-                    sent = sock.sendfile(item.file, item.offset, min(item.count, _SEND_CHUNK))
-                    if sent == 0:
+                    # socket.sendfile leaves the file positioned after what it sent, also
+                    # when it times out: that is the progress to count.
+                    file.seek(item.offset)
+                    try:
+                        sock.sendfile(file, item.offset, min(item.count, _SEND_CHUNK))
+                        timed_out = False
+                    except TimeoutError:
+                        timed_out = True
+                    sent = file.tell() - item.offset
+                    if sent > 0:
+                        item.advance(sent)
+                        session.sent(sent, clock())
+                        patience.progressed()
+                    elif timed_out:
+                        patience.check()
+                    else:
                         raise ConnectionError("file shrank while being sent")
-                    item.advance(sent)
-                    session.touch(clock())
             finally:
                 item.close()
+
+
+class _Patience:
+    """How long a send may wait for a peer that does not read."""
+
+    _STOP_POLL = 0.25
+
+    def __init__(self, settings: Settings, clock: Callable[[], float],
+                 stop: StopSignal | None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop
+        self.step = settings.idle_timeout if stop is None else min(settings.idle_timeout,
+                                                                   self._STOP_POLL)
+        self.last = clock()
+        self.stop_seen: float | None = None
+
+    def progressed(self) -> None:
+        self.last = self.clock()
+
+    def check(self) -> None:
+        """Raise TimeoutError when waiting longer is not allowed."""
+        now = self.clock()
+        if now - self.last >= self.settings.idle_timeout:
+            raise TimeoutError("peer does not read")
+        if self.stop is not None and self.stop.is_set():
+            if self.stop_seen is None:
+                self.stop_seen = now
+            elif now - self.stop_seen >= self.settings.shutdown_grace:
+                raise TimeoutError("server stopping")
 
 
 def _linger_close(sock: socket.socket, settings: Settings) -> None:

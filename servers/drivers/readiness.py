@@ -2,16 +2,17 @@
 
 Every connection is a non-blocking socket with a session and an output queue.
 Reads go into one buffer the loop owns (the core copies what it keeps). Output
-is written as far as the socket takes it; past the write high-water mark the
-loop stops reading from that peer until it drains, so a client that never reads
-costs bounded memory. Under edge triggering the loop reads (until a short read),
-writes and accepts until EAGAIN and remembers a paused reader, since no new edge
-will come for it.
+is written as far as the socket takes it; the session stops parsing past the
+write high-water mark and the loop stops reading from that peer until the
+output drains, then lets the session parse what it held, so a client that never
+reads costs bounded memory. Under edge triggering the loop reads (until a short
+read), writes and accepts until EAGAIN and remembers a paused reader, since no
+new edge will come for it. When accept runs out of descriptors the listener is
+left alone for a pause (:class:`servers.drivers.accepting.AcceptBackoff`).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import sys
@@ -20,27 +21,26 @@ from collections import deque
 from collections.abc import Callable
 
 from servers.core import FileSlice, Session, session_factory
+from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.pollers import Poller
 from servers.settings import Settings
 from servers.stop import StopSignal
 
 _ACCEPT_BATCH = 64
 _SENDFILE_CHUNK = 1 << 20
-_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 Pending = bytes | memoryview | FileSlice
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "session", "out", "out_bytes", "reading", "writing",
-                 "lingering", "linger_until")
+    __slots__ = ("sock", "fd", "session", "out", "reading", "writing", "lingering",
+                 "linger_until")
 
     def __init__(self, sock: socket.socket, session: Session) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.session = session
         self.out: deque[Pending] = deque()
-        self.out_bytes = 0
         self.reading = True
         self.writing = False
         self.lingering = False
@@ -67,6 +67,8 @@ class ReadinessLoop:
         self._stopping = False
         self._stop_deadline = 0.0
         self._refused_logged = False
+        self._backoff = AcceptBackoff()
+        self._accept_paused_until = 0.0  # 0: the listener is watched
         shortest = min(settings.idle_timeout, settings.header_timeout)
         self._scan_every = min(1.0, max(0.05, shortest / 4))
 
@@ -83,8 +85,13 @@ class ReadinessLoop:
                 now = self.clock()
                 if self._stopping and (not self.conns or now >= self._stop_deadline):
                     break
+                if self._accept_paused_until and now >= self._accept_paused_until:
+                    self._resume_accepting()
                 busy = self._again or self._accept_again
-                timeout = 0.0 if busy else max(0.0, next_scan - now)
+                wake = next_scan
+                if self._accept_paused_until:
+                    wake = min(wake, self._accept_paused_until)
+                timeout = 0.0 if busy else max(0.0, wake - now)
                 for fd, readable, writable, hangup in self.poller.poll(timeout):
                     if fd == lfd:
                         self._accept()
@@ -93,7 +100,7 @@ class ReadinessLoop:
                     else:
                         conn = self.conns.get(fd)
                         if conn is not None and writable:
-                            self._flush(conn)
+                            self._pump(conn)
                         if readable and self.conns.get(fd) is conn is not None:
                             self._read(conn, hangup)
                 if self._accept_again and not self._stopping:
@@ -121,7 +128,9 @@ class ReadinessLoop:
             return
         self._stopping = True
         self._stop_deadline = self.clock() + self.settings.shutdown_grace
-        self.poller.unregister(self.listener.fileno())
+        if not self._accept_paused_until:
+            self.poller.unregister(self.listener.fileno())
+        self._accept_paused_until = 0.0
         self.listener.close()
         for conn in list(self.conns.values()):
             if conn.out:
@@ -134,7 +143,7 @@ class ReadinessLoop:
 
     def _accept(self) -> None:
         self._accept_again = False
-        if self._stopping:
+        if self._stopping or self._accept_paused_until:
             return
         for _ in range(_ACCEPT_BATCH):
             try:
@@ -144,10 +153,15 @@ class ReadinessLoop:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                if exc.errno in _OUT_OF_FDS:
-                    self._log(f"accept: {exc.strerror}; refusing until connections close")
-                    return
-                raise
+                pause = self._backoff.failed(exc)
+                if pause is None:
+                    raise
+                # The listener stays readable: stop watching it for the pause, or the
+                # loop would spin on it.
+                self.poller.unregister(self.listener.fileno())
+                self._accept_paused_until = self.clock() + pause
+                return
+            self._backoff.succeeded()
             if self.poller.max_fd is not None and sock.fileno() > self.poller.max_fd:
                 self._log(f"{self.poller.name}: descriptor {sock.fileno()} is above "
                           f"FD_SETSIZE; refusing connections until some close")
@@ -159,6 +173,11 @@ class ReadinessLoop:
             self.conns[conn.fd] = conn
             self.poller.register(conn.fd, True, False)
         self._accept_again = self._edge  # more may wait, and no new edge would say so
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused_until = 0.0
+        self.poller.register(self.listener.fileno(), True, False)
+        self._accept_again = True  # try at once: under edge triggering no new edge may come
 
     def _log(self, message: str) -> None:
         if not self._refused_logged:
@@ -212,25 +231,33 @@ class ReadinessLoop:
     # -- writing -----------------------------------------------------------------------
 
     def _pump(self, conn: _Conn, eof: bool = False) -> None:
-        """Move the session's output to the queue, write what we can, then set interest."""
-        for item in conn.session.take_output():
-            conn.out.append(item)
-            conn.out_bytes += item.count if isinstance(item, FileSlice) else len(item)
-        if conn.out:
-            self._flush(conn)
-        elif conn.session.closing:
+        """Move the session's output to the queue and write what the socket takes; when
+        all is out, let the session parse what it held. Then set interest, or finish."""
+        session, out = conn.session, conn.out
+        while True:
+            out.extend(session.take_output())
+            if out and not self._flush(conn):
+                return  # closed
+            if out or not session.paused or not session.resume(self.clock()):
+                break
+        if out:
+            self._set_writing(conn, True)
+            self._set_reading(conn, session.wants_input)
+        elif session.closing:
+            self._set_writing(conn, False)
             self._finish(conn, eof)
         else:
-            self._set_reading(conn, conn.out_bytes <= self.settings.write_high_water)
+            self._set_writing(conn, False)
+            self._set_reading(conn, session.wants_input)
 
-    def _flush(self, conn: _Conn) -> None:
-        sock, out = conn.sock, conn.out
-        progressed = False
+    def _flush(self, conn: _Conn) -> bool:
+        """Write the queue until the socket is full; False if the connection was closed."""
+        sock, out, session = conn.sock, conn.out, conn.session
         try:
             while out:
                 item = out[0]
                 if isinstance(item, FileSlice):
-                    sent = os.sendfile(conn.fd, item.file.fileno(), item.offset,
+                    sent = os.sendfile(conn.fd, item.fileno(), item.offset,
                                        min(item.count, _SENDFILE_CHUNK))
                     if sent == 0:
                         raise ConnectionError("file shrank while being sent")
@@ -244,27 +271,13 @@ class ReadinessLoop:
                         out[0] = memoryview(item)[sent:]
                     else:
                         out.popleft()
-                conn.out_bytes -= sent
-                progressed = True
+                session.sent(sent, self.clock())
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             self._close(conn)
-            return
-        if progressed:
-            conn.session.touch(self.clock())
-        if out:
-            self._set_writing(conn, True)
-            self._set_reading(conn, not conn.session.closing
-                              and conn.out_bytes <= self.settings.write_high_water)
-            return
-        self._set_writing(conn, False)
-        if conn.session.closing:
-            self._finish(conn, False)
-        elif not conn.reading:
-            self._set_reading(conn, True)
-            if self._edge:
-                self._again.append(conn)
+            return False
+        return True
 
     def _finish(self, conn: _Conn, eof: bool) -> None:
         """All output is out and the session is done: close, lingering if the peer may
@@ -288,6 +301,8 @@ class ReadinessLoop:
         if conn.reading != reading and conn.fd in self.conns:
             conn.reading = reading
             self.poller.modify(conn.fd, reading, conn.writing)
+            if reading and self._edge:
+                self._again.append(conn)  # what arrived meanwhile raised no new edge
 
     def _set_writing(self, conn: _Conn, writing: bool) -> None:
         if conn.writing != writing and conn.fd in self.conns:
