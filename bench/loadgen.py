@@ -28,7 +28,11 @@ from typing import Any
 
 from servers.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 
-WORKLOADS = ("echo", "echo-connect", "http", "http-connect", "http-pipeline")
+WORKLOADS = ("echo", "echo-connect", "http", "http-connect", "http-pipeline", "file",
+             "guestbook", "guestbook-post")
+APP_WORKLOADS = ("file", "guestbook", "guestbook-post")  # need a --root or a Redis
+GUESTBOOK_PATH = "/guestbook"
+GUESTBOOK_MARKER = "<!-- tcp-zoo guestbook -->"  # servers.core.guestbook.PAGE_MARKER
 ERROR_KINDS = ("refused", "reset", "timeout", "short", "wrong", "status", "other")
 RESULT_KEYS = (
     "workload", "connections", "threads", "duration_s", "requests", "requests_per_s",
@@ -70,13 +74,19 @@ def run(
     warmup: float = 0.0,
     requests: int | None = None,
     timeout: float = 5.0,
+    path: str | None = None,
+    post_every: int = 20,
 ) -> dict[str, Any]:
     """Run one load test and return the result dict (see the module docstring).
 
     ``rate`` (total requests/s) selects the open loop; None or 0 is the closed
     loop. ``requests`` stops the run after exactly that many completed requests
-    (the duration, default 60 s then, stays an upper bound). Raises ValueError
-    for invalid parameters and OSError when the target cannot be resolved.
+    (the duration, default 60 s then, stays an upper bound). ``file`` GETs
+    ``path`` (default: the generated file of ``size`` bytes, bench.files) and checks
+    its length and sampled content; ``guestbook`` GETs /guestbook and checks for
+    the page's marker; ``guestbook-post`` also POSTs the form every ``post_every``
+    requests of a connection and expects 303. Raises ValueError for invalid
+    parameters and OSError when the target cannot be resolved.
     """
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}")
@@ -106,6 +116,19 @@ def run(
         raise ValueError("requests must be >= 1")
     if timeout <= 0:
         raise ValueError("timeout must be > 0")
+    if post_every < 1:
+        raise ValueError("post_every must be >= 1")
+    app: dict[str, Any] = {"post_every": post_every}
+    if workload == "file":
+        from bench.files import url_path
+
+        app.update(path=path or url_path(size), expect_length=size)
+    elif workload in ("guestbook", "guestbook-post"):
+        app.update(path=path or GUESTBOOK_PATH, marker=GUESTBOOK_MARKER)
+    elif path is not None:
+        app.update(path=path)
+    if not app.get("path", "/").startswith("/"):
+        raise ValueError("path must start with /")
     from bench import _loadgen
 
     address = resolve(host, port)
@@ -114,7 +137,7 @@ def run(
         address, port, workload, connections, float(duration),
         threads=threads, rate=float(rate or 0.0), size=size, pipeline=pipeline, idle=idle,
         warmup=float(warmup), requests=requests or 0, timeout=float(timeout),
-        host_header=host_header,
+        host_header=host_header, **app,
     )
     result.pop("wall_s", None)
     result["rate"] = float(rate) if rate else None
@@ -163,7 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
                              f"an upper bound of {LIMITED_DURATION_CAP:g})")
     parser.add_argument("--rate", type=positive_float, default=None,
                         help="open loop: total requests/s (latency from the due time)")
-    parser.add_argument("--size", type=positive_int, default=64, help="echo payload bytes")
+    parser.add_argument("--size", type=positive_int, default=64,
+                        help="echo payload bytes; file: the generated file's size")
+    parser.add_argument("--path", default=None,
+                        help="request target (default /, file: /file-SIZE.bin, "
+                             "guestbook: /guestbook)")
+    parser.add_argument("--post-every", type=positive_int, default=20,
+                        help="guestbook-post: one POST every N requests of a connection")
     parser.add_argument("--pipeline", type=positive_int, default=1,
                         help="http-pipeline depth")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -189,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             host, port, options.workload, options.connections, options.duration,
             threads=options.threads, rate=options.rate, size=options.size,
             pipeline=options.pipeline, idle=options.idle, warmup=options.warmup,
-            requests=options.requests, timeout=options.timeout,
+            requests=options.requests, timeout=options.timeout, path=options.path,
+            post_every=options.post_every,
         )
     except (OSError, ValueError) as exc:
         print(f"loadgen: cannot run: {exc}", file=sys.stderr)

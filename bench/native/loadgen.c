@@ -2,7 +2,11 @@
  *
  * One pthread per "thread", each owning a share of the connections and its own
  * epoll instance, histogram and counters; the GIL is released for the whole run.
- * Workloads: echo, echo-connect, http, http-connect, http-pipeline.  Closed loop
+ * Workloads: echo, echo-connect, http, http-connect, http-pipeline, and the app's:
+ * file (GET one file: its length checked, its content sampled against the
+ * pattern the harness wrote), guestbook (GET /guestbook: 200 and a marker in the
+ * page) and guestbook-post (every post_every-th request a POST of the form,
+ * answered 303).  Closed loop
  * (each connection sends its next request when the answer arrived) or open loop
  * at a fixed total rate, where latency counts from the moment a request was due
  * (coordinated-omission correction, as wrk2 does).  Every wait is bounded: the
@@ -30,9 +34,20 @@
 
 #include "hist.h"
 
-enum { W_ECHO, W_ECHO_CONNECT, W_HTTP, W_HTTP_CONNECT, W_HTTP_PIPELINE, W_COUNT };
+enum { W_ECHO, W_ECHO_CONNECT, W_HTTP, W_HTTP_CONNECT, W_HTTP_PIPELINE, W_FILE, W_GUESTBOOK,
+       W_GUESTBOOK_POST, W_COUNT };
 static const char *const WORKLOADS[W_COUNT] = {
-    "echo", "echo-connect", "http", "http-connect", "http-pipeline"};
+    "echo", "echo-connect", "http", "http-connect", "http-pipeline", "file", "guestbook",
+    "guestbook-post"};
+
+#define GUESTBOOK_FORM "name=tcp-zoo&message=a+load+test+was+here"
+#define FILE_SAMPLE 16          /* file body bytes checked at each end of each chunk */
+
+/* Byte i of a file the harness generated (bench.files.pattern_byte: keep in step). */
+static inline unsigned char file_byte(uint64_t i)
+{
+    return (unsigned char)((i * 7 + (i >> 8) * 13 + (i >> 16) * 17 + 0x5A) & 0xFF);
+}
 
 enum { E_REFUSED, E_RESET, E_TIMEOUT, E_SHORT, E_WRONG, E_STATUS, E_OTHER, E_COUNT };
 static const char *const ERRNAMES[E_COUNT] = {
@@ -60,6 +75,13 @@ typedef struct {
     long long limit;            /* 0: none */
     char *req;                  /* one HTTP request */
     size_t req_len;
+    char *post;                 /* guestbook-post: the POST request */
+    size_t post_len;
+    int post_every;
+    int expect_status;          /* what a GET must answer (200) */
+    long long expect_length;    /* file: the body length; -1: any */
+    char *marker;               /* guestbook: must appear in the body; NULL: none */
+    size_t marker_len;
     char *preq;                 /* `pipeline` requests back to back */
     unsigned char *pattern;     /* echo source: size + PATTERN_SPAN random bytes */
     uint64_t interval_ns;       /* open loop: per-connection period between sends */
@@ -84,6 +106,9 @@ typedef struct conn {
     uint8_t got_any;            /* some byte of the current answer arrived */
     uint8_t queued;             /* in the connect queue */
     uint8_t peer_closed;        /* the peer hung up: no new request on this socket */
+    uint8_t is_post;            /* the request in flight is the guestbook POST */
+    uint8_t bad_body;           /* a sampled byte or the length was wrong */
+    uint16_t mmatch;            /* marker bytes matched so far; marker_len: found */
     uint32_t gen;               /* bumped at each close: tells a new socket from the old */
     int status;
     int outstanding;            /* answers still awaited */
@@ -94,6 +119,7 @@ typedef struct conn {
     size_t slen, soff;
     size_t rcv;                 /* echo: bytes of the answer so far */
     int64_t body_left;
+    uint64_t body_off;          /* body bytes of the current answer so far */
     uint64_t t_req, deadline, due, wake;
     char *hbuf;
     uint32_t hlen, hcap;
@@ -362,7 +388,12 @@ static void send_request(thr_t *t, conn_t *c, uint64_t now)
     } else if (w == W_HTTP_PIPELINE) {
         c->sbuf = g->preq;
         c->slen = g->req_len * (size_t)batch;
+    } else if (w == W_GUESTBOOK_POST && c->seq % (uint32_t)g->post_every == 0) {
+        c->is_post = 1;
+        c->sbuf = g->post;
+        c->slen = g->post_len;
     } else {
+        c->is_post = 0;
         c->sbuf = g->req;
         c->slen = g->req_len;
     }
@@ -485,17 +516,32 @@ static void conn_fail(thr_t *t, conn_t *c, int kind, uint64_t now)
     conn_next(t, c, now);
 }
 
-/* A complete answer to one request of c's batch. */
-static void answer_done(thr_t *t, conn_t *c, uint64_t now, int ok)
+/* A complete answer to one request of c's batch: is it the one we asked for? */
+static int answer_kind(const cfg_t *g, const conn_t *c)
 {
-    if (ok) {
+    if (!is_http(g->workload))
+        return -1;              /* echo: checked byte by byte as it arrives */
+    if (c->is_post)
+        return c->status == 303 ? -1 : E_STATUS;
+    if (g->expect_status ? c->status != g->expect_status : c->status < 200 || c->status > 299)
+        return E_STATUS;
+    if (c->bad_body || (g->marker && c->mmatch < g->marker_len) ||
+        (g->expect_length >= 0 && c->body_off != (uint64_t)g->expect_length))
+        return E_WRONG;
+    return -1;
+}
+
+static void answer_done(thr_t *t, conn_t *c, uint64_t now)
+{
+    int kind = answer_kind(t->cfg, c);
+    if (kind < 0) {
         if (c->measured && t->measuring) {
             hist_record_ns(&t->hist, now - c->t_req);
             t->requests++;
             t->last_done = now;
         }
     } else {
-        count_error(t, E_STATUS, 1);
+        count_error(t, kind, 1);
         if (c->measured && t->cfg->limit)
             atomic_fetch_sub(&t->cfg->issued, 1);
     }
@@ -564,7 +610,35 @@ static int parse_head(conn_t *c, const char *h, size_t len)
     c->body_to_eof = cl < 0;
     c->body_left = cl < 0 ? 0 : cl;
     c->in_body = 1;
+    c->body_off = 0;
+    c->mmatch = 0;
+    c->bad_body = 0;
     return 0;
+}
+
+/*
+ * Body bytes of an answer: sample a file's content, look for the guestbook's
+ * marker (whose first byte does not recur in it, so one pass finds it).
+ */
+static void on_body(const cfg_t *g, conn_t *c, const char *d, size_t n)
+{
+    if (g->expect_length >= 0 && !c->is_post) {
+        for (size_t i = 0; i < n; i++) {
+            if (i == FILE_SAMPLE && n > 2 * FILE_SAMPLE)
+                i = n - FILE_SAMPLE;            /* the middle is not sampled */
+            if ((unsigned char)d[i] != file_byte(c->body_off + i))
+                c->bad_body = 1;
+        }
+    }
+    if (g->marker && !c->is_post && c->mmatch < g->marker_len) {
+        for (size_t i = 0; i < n && c->mmatch < g->marker_len; i++) {
+            if (d[i] == g->marker[c->mmatch])
+                c->mmatch++;
+            else
+                c->mmatch = d[i] == g->marker[0];
+        }
+    }
+    c->body_off += n;
 }
 
 /* Feed received bytes of an HTTP answer; *kind set on FEED_ERR. */
@@ -632,13 +706,14 @@ static int feed_http(thr_t *t, conn_t *c, const char *d, size_t n, uint64_t now,
         } else {
             size_t take = (uint64_t)c->body_left < n ? (size_t)c->body_left : n;
             c->body_left -= (int64_t)take;
+            on_body(t->cfg, c, d, take);
             d += take;
             n -= take;
         }
     body_check:
         if (c->in_body && !c->body_to_eof && c->body_left == 0) {
             c->in_body = 0;
-            answer_done(t, c, now, c->status >= 200 && c->status < 300);
+            answer_done(t, c, now);
             if (c->outstanding == 0) {
                 if (n > 0) {
                     *kind = E_WRONG;
@@ -666,7 +741,7 @@ static int feed_echo(thr_t *t, conn_t *c, const char *d, size_t n, uint64_t now,
     c->got_any = 1;
     c->rcv += n;
     if (c->rcv == c->slen) {
-        answer_done(t, c, now, 1);
+        answer_done(t, c, now);
         return FEED_DONE;
     }
     return FEED_MORE;
@@ -704,7 +779,7 @@ static int read_once(thr_t *t, conn_t *c, uint64_t now)
         if (is_http(t->cfg->workload) && c->in_body && c->body_to_eof) {
             c->in_body = 0;
             c->resp_close = 1;
-            answer_done(t, c, now, c->status >= 200 && c->status < 300);
+            answer_done(t, c, now);
             if (c->outstanding == 0) {
                 batch_done(t, c, now);
                 return 0;
@@ -985,15 +1060,17 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
     (void)self;
     static char *kwlist[] = {"host", "port", "workload", "connections", "duration", "threads",
                              "rate", "size", "pipeline", "idle", "warmup", "requests",
-                             "timeout", "host_header", NULL};
-    const char *host, *workload, *host_header = NULL;
-    int port, conns, threads = 1, pipeline = 1, idle = 0;
+                             "timeout", "host_header", "path", "expect_length", "marker",
+                             "post_every", NULL};
+    const char *host, *workload, *host_header = NULL, *path = "/", *marker = NULL;
+    int port, conns, threads = 1, pipeline = 1, idle = 0, post_every = 20;
     double duration, rate = 0.0, warmup = 0.0, timeout = 5.0;
     Py_ssize_t size = 64;
-    long long limit = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "sisid|idniidLdz", kwlist, &host, &port,
+    long long limit = 0, expect_length = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sisid|idniidLdzsLzi", kwlist, &host, &port,
                                      &workload, &conns, &duration, &threads, &rate, &size,
-                                     &pipeline, &idle, &warmup, &limit, &timeout, &host_header))
+                                     &pipeline, &idle, &warmup, &limit, &timeout, &host_header,
+                                     &path, &expect_length, &marker, &post_every))
         return NULL;
     cfg_t *g = calloc(1, sizeof *g);
     if (!g)
@@ -1010,7 +1087,9 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
         goto out;
     }
     if (conns < 1 || threads < 1 || pipeline < 1 || idle < 0 || size < 1 || duration <= 0 ||
-        warmup < 0 || timeout <= 0 || rate < 0 || limit < 0 || port < 1 || port > 65535) {
+        warmup < 0 || timeout <= 0 || rate < 0 || limit < 0 || port < 1 || port > 65535 ||
+        post_every < 1 || path[0] != '/' || strlen(path) > 200 || strpbrk(path, " \r\n") ||
+        (marker && (!marker[0] || strlen(marker) > 200 || strchr(marker + 1, marker[0])))) {
         PyErr_SetString(PyExc_ValueError, "invalid load generator parameters");
         goto out;
     }
@@ -1050,16 +1129,30 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
     else
         snprintf(hh, sizeof hh, "[%s]:%d", host, port);
     char req[512];
-    int rl = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: %s\r\n%s\r\n", hh,
+    int rl = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", path, hh,
                       g->workload == W_HTTP_CONNECT ? "Connection: close\r\n" : "");
+    char post[768];
+    int pl = snprintf(post, sizeof post,
+                      "POST %s HTTP/1.1\r\nHost: %s\r\n"
+                      "Content-Type: application/x-www-form-urlencoded\r\n"
+                      "Content-Length: %zu\r\n\r\n%s",
+                      path, hh, strlen(GUESTBOOK_FORM), GUESTBOOK_FORM);
     g->req_len = (size_t)rl;
+    g->post_len = (size_t)pl;
+    g->post_every = post_every;
+    g->expect_status = g->workload >= W_FILE ? 200 : 0;
+    g->expect_length = g->workload == W_FILE ? expect_length : -1;
+    g->marker_len = marker ? strlen(marker) : 0;
     g->req = malloc(g->req_len);
+    g->post = malloc(g->post_len);
+    g->marker = marker ? strdup(marker) : NULL;
     g->preq = malloc(g->req_len * (size_t)g->pipeline);
     g->pattern = malloc(g->size + PATTERN_SPAN);
-    if (!g->req || !g->preq || !g->pattern) {
+    if (!g->req || !g->preq || !g->pattern || !g->post || (marker && !g->marker)) {
         PyErr_NoMemory();
         goto out;
     }
+    memcpy(g->post, post, g->post_len);
     memcpy(g->req, req, g->req_len);
     for (int i = 0; i < g->pipeline; i++)
         memcpy(g->preq + (size_t)i * g->req_len, req, g->req_len);
@@ -1236,6 +1329,8 @@ out:
     free_threads(ts, nthreads);
     if (g) {
         free(g->req);
+        free(g->post);
+        free(g->marker);
         free(g->preq);
         free(g->pattern);
         free(g);
@@ -1246,7 +1341,8 @@ out:
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))lg_run, METH_VARARGS | METH_KEYWORDS,
      "run(host, port, workload, connections, duration, threads=1, rate=0.0, size=64,\n"
-     "    pipeline=1, idle=0, warmup=0.0, requests=0, timeout=5.0, host_header=None)"
+     "    pipeline=1, idle=0, warmup=0.0, requests=0, timeout=5.0, host_header=None,\n"
+     "    path='/', expect_length=-1, marker=None, post_every=20)"
      " -> dict\n\nRun one load test against a numeric address; see bench.loadgen."},
     {NULL, NULL, 0, NULL}};
 
