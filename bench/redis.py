@@ -4,10 +4,10 @@
 in a temporary directory, with a free TCP port on loopback as well, no persistence
 and ``hz 500`` so a blocked client's timeout is checked every 2 ms. It waits until
 the server answers ``PING`` (bounded), and on leaving stops it and removes the
-directory: nothing is left running. :func:`parse_addr` reads ``--redis ADDR``
-(``HOST:PORT`` or ``unix:PATH``); :func:`calibrate_wait` measures what a ``BLPOP``
-of W ms really takes on that Redis; :func:`hz_warning` says when a user's Redis
-checks timeouts too rarely for the W asked.
+directory: nothing is left running. :func:`parse_addr` (from
+:mod:`servers.redis_addr`) reads ``--redis ADDR`` (``HOST:PORT`` or ``unix:PATH``);
+:func:`calibrate_wait` measures what a ``BLPOP`` of W ms really takes on that Redis;
+:func:`hz_warning` says when a user's Redis checks timeouts too rarely for the W asked.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from types import TracebackType
 
 from servers.core import resp
+from servers.redis_addr import RedisAddr, parse_addr
+
+__all__ = ["Client", "PrivateRedis", "RedisAddr", "RedisError", "calibrate_wait",
+           "hz_warning", "info", "parse_addr"]
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -32,50 +35,6 @@ PRIVATE_HZ = 500
 
 class RedisError(RuntimeError):
     """Redis could not be started, reached or understood."""
-
-
-@dataclass(frozen=True)
-class RedisAddr:
-    """Where a Redis listens: ``unix:PATH`` or ``HOST:PORT``."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.path:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def connect(self, timeout: float = 5.0) -> socket.socket:
-        if self.path:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(timeout)
-            try:
-                s.connect(self.path)
-            except OSError:
-                s.close()
-                raise
-            return s
-        s = socket.create_connection((self.host, self.port), timeout=timeout)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return s
-
-
-def parse_addr(text: str) -> RedisAddr:
-    """``unix:/path/redis.sock`` or ``HOST:PORT`` (``[::1]:6379`` for IPv6)."""
-    if text.startswith("unix:"):
-        path = text[5:]
-        if not path.startswith("/"):
-            raise ValueError(f"{text!r}: unix: needs an absolute path")
-        return RedisAddr(path=path)
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: expected HOST:PORT or unix:PATH")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return RedisAddr(host=host, port=int(port))
 
 
 class Client:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from servers.redis_addr import RedisAddr, parse_addr
+
 
 def _number(kind: type[int] | type[float], text: str) -> float:
     try:
@@ -59,3 +61,11 @@ def directory(text: str) -> Path:
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: not a directory")
     return path
+
+
+def redis_addr(text: str) -> RedisAddr:
+    """``--redis``: ``HOST:PORT`` or ``unix:PATH``."""
+    try:
+        return parse_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

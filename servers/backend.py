@@ -34,6 +34,8 @@ class Backend:
     name: ClassVar[str] = ""
     workers_mode: ClassVar[str | None] = "reuseport"
     default_workers: ClassVar[int] = 1
+    # Whether this model's driver makes the guestbook's backend calls (``--redis``).
+    guestbook: ClassVar[bool] = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this backend's own flags."""

@@ -11,7 +11,14 @@ import argparse
 import resource
 import sys
 
-from servers.argtypes import directory, port, positive_float, positive_int
+from servers.argtypes import (
+    directory,
+    non_negative_float,
+    port,
+    positive_float,
+    positive_int,
+    redis_addr,
+)
 from servers.backend import Backend, UsageError
 from servers.listener import announce, open_listener
 from servers.settings import Settings
@@ -54,6 +61,13 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--backlog", type=positive_int, default=defaults.backlog,
                         help="listen backlog (default: %(default)s)")
+    parser.add_argument("--redis", type=redis_addr, default=None, metavar="ADDR",
+                        help="serve the guestbook (GET/POST /guestbook) on the Redis at "
+                             "HOST:PORT or unix:PATH (http only; default: no guestbook)")
+    parser.add_argument("--backend-wait-ms", type=non_negative_float,
+                        default=defaults.backend_wait_ms, metavar="W",
+                        help="each guestbook GET first waits W ms in Redis (BLPOP on an "
+                             "empty key; default: %(default)s)")
     backend.add_arguments(parser)
     return parser
 
@@ -61,6 +75,12 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
 def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
     if options.root is not None and options.proto != "http":
         raise UsageError("--root needs --proto http")
+    if options.redis is not None and options.proto != "http":
+        raise UsageError("--redis needs --proto http")
+    if options.redis is not None and not backend.guestbook:
+        raise UsageError(f"{backend.name} has no guestbook: --redis is not supported")
+    if options.backend_wait_ms and options.redis is None:
+        raise UsageError("--backend-wait-ms needs --redis (the wait happens in Redis)")
     workers = options.workers if options.workers is not None else backend.default_workers
     if workers > 1 and backend.workers_mode is None:
         raise UsageError(f"{backend.name} runs one process; --workers {workers} is not possible")
@@ -76,6 +96,8 @@ def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
         max_body_bytes=options.max_body_bytes,
         write_high_water=options.write_high_water,
         backlog=options.backlog,
+        redis=options.redis,
+        backend_wait_ms=options.backend_wait_ms,
     )
 
 

@@ -82,6 +82,7 @@ class Forking(Backend):
     """fork() per connection: full isolation, a process creation per client."""
 
     name = "forking"
+    guestbook = True
     workers_mode = None
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,

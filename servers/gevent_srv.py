@@ -28,6 +28,7 @@ class Gevent(Backend):
     """gevent StreamServer: greenlets on a libev hub, the blocking driver in each."""
 
     name = "gevent"
+    guestbook = True
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ class Prefork(Backend):
     """Pre-forked workers on a shared listener, a thread pool in each."""
 
     name = "prefork"
+    guestbook = True
     workers_mode = "shared"
     default_workers = os.cpu_count() or 1
 

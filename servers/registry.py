@@ -27,6 +27,8 @@ class Entry:
     kind: str = "python"  # python, native, kernel
     protocols: tuple[str, ...] = ("echo", "http")
     static_files: bool = True
+    # The guestbook's Redis connections in this model (its pooling choice); "": none.
+    guestbook: str = ""
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -46,11 +48,13 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("iterative", "servers.iterative", "process", "blocking",
           "one connection at a time on the main thread",
           limits="serves one client at a time; the others wait in the listen backlog",
-          sendfile=True, concurrent=False),
+          sendfile=True, concurrent=False,
+          guestbook="one Redis connection for the process, blocking"),
     Entry("threaded", "servers.threaded", "thread", "blocking",
           "a thread per connection, blocking sockets",
           limits="a thread (256 KiB stack) per client; the GIL serialises the Python work",
-          sendfile=True),
+          sendfile=True,
+          guestbook="a blocking Redis connection per client thread, opened on first use"),
     Entry("epoll", "servers.epoll_raw", "event loop", "epoll",
           "single-threaded readiness loop on select.epoll, level-triggered",
           limits="one core per process (--workers N for more)",
@@ -71,18 +75,21 @@ ENTRIES: tuple[Entry, ...] = (
           "fork() a child per connection; the child runs the blocking driver",
           limits="a process creation per client; children reaped on SIGCHLD; "
                  "on stop each child finishes its response within the grace",
-          sendfile=True),
+          sendfile=True,
+          guestbook="a blocking Redis connection per child, opened on first use"),
     Entry("prefork", "servers.prefork", "process", "blocking",
           "--workers N (default: CPU count) processes accepting on one shared listener, "
           "a fixed pool of --threads (default 128) threads in each",
           limits="workers x threads clients served at once, as many again queued, the rest "
                  "wait in the backlog; a dead worker is replaced within a second",
-          sendfile=True),
+          sendfile=True,
+          guestbook="a blocking Redis connection per pool thread of each worker"),
     Entry("threadpool", "servers.threadpool", "thread", "blocking",
           "a fixed pool of --threads N (default 256) threads fed by a bounded queue",
           limits="N clients served at once and N queued (--queue); past that the acceptor "
                  "stops and new clients wait in the listen backlog",
-          sendfile=True),
+          sendfile=True,
+          guestbook="a blocking Redis connection per pool thread"),
     Entry("select", "servers.select_srv", "event loop", "select",
           "the shared readiness loop on select.select, level-triggered",
           limits="descriptors above FD_SETSIZE-1 (1023) cannot be watched: such a connection "
@@ -105,7 +112,8 @@ ENTRIES: tuple[Entry, ...] = (
           "no monkey-patching",
           limits="one core per process (--workers N for more); gevent sends files by "
                  "cooperative read+send",
-          sendfile=False, event_driven=True),
+          sendfile=False, event_driven=True,
+          guestbook="a cooperative (gevent) Redis connection per client greenlet"),
     Entry("io_uring", "servers.io_uring_srv", "completion loop", "io_uring",
           "accept, recv and send submitted to io_uring (uring-api binding) and handled on "
           "completion: multishot accept, a multishot recv per connection on a shared "

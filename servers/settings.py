@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from servers.redis_addr import RedisAddr
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -34,3 +36,7 @@ class Settings:
     # So every driver half-closes and drains the peer for at most this long and this much.
     linger_seconds: float = 1.0
     linger_bytes: int = 1 * MIB
+    # The guestbook (GET/POST /guestbook) needs a Redis: None serves no guestbook (404).
+    redis: RedisAddr | None = None
+    # Each guestbook GET first waits this long in Redis (BLPOP on an empty key).
+    backend_wait_ms: float = 0.0

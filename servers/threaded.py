@@ -52,6 +52,7 @@ class Threaded(Backend):
     """A thread per connection: simple, and limited by threads and memory."""
 
     name = "threaded"
+    guestbook = True
     workers_mode = None
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,

@@ -18,6 +18,7 @@ from servers.backend import Backend, UsageError
 from servers.cli import main
 from servers.core import session_factory
 from servers.drivers.blocking import ConnectionSet, accept_until_stopped, serve_connection
+from servers.drivers.blocking_backend import BlockingBackend
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -44,15 +45,20 @@ def serve_pool(listener: socket.socket, settings: Settings, stop: StopSignal,
     pending: queue.Queue[socket.socket | None] = queue.Queue(maxsize=queue_size)
 
     def work() -> None:
-        while True:
-            sock = pending.get()
-            if sock is None:
-                return
-            conns.add(sock)
-            try:
-                serve_connection(sock, new_session, settings, stop=stop)
-            finally:
-                conns.discard(sock)
+        backend = BlockingBackend.for_settings(settings)  # this thread's, for its life
+        try:
+            while True:
+                sock = pending.get()
+                if sock is None:
+                    return
+                conns.add(sock)
+                try:
+                    serve_connection(sock, new_session, settings, stop=stop, backend=backend)
+                finally:
+                    conns.discard(sock)
+        finally:
+            if backend is not None:
+                backend.close()
 
     threading.stack_size(_THREAD_STACK)
     pool = [threading.Thread(target=work, name=f"pool-{i}", daemon=True)
@@ -91,6 +97,7 @@ class ThreadPool(Backend):
     """A fixed pool of threads and a bounded queue; a full pool leaves clients in the backlog."""
 
     name = "threadpool"
+    guestbook = True
     workers_mode = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -20,9 +20,10 @@ import json
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from servers.core import resp
+from servers.core import resp, wire
 
-PATH = b"/guestbook"
+_TEXT = wire.GUESTBOOK
+PATH = _TEXT["path"].encode()
 KEY_PREFIX = "tcpzoo:guestbook:"
 VISITS_KEY = KEY_PREFIX + "visits"
 ENTRIES_KEY = KEY_PREFIX + "entries"
@@ -33,20 +34,13 @@ MAX_NAME = 64  # characters
 MAX_MESSAGE = 1000  # characters
 FORM_TYPE = "application/x-www-form-urlencoded"
 PAGE_TYPE = "text/html; charset=utf-8"
-TEXT_TYPE = "text/plain; charset=utf-8"
-PAGE_MARKER = b"<!-- tcp-zoo guestbook -->"  # what the load generator checks for
+TEXT_TYPE = wire.ERROR_CONTENT_TYPE
+PAGE_MARKER: bytes = _TEXT["marker"].encode()  # what the load generator checks for
 
-_PAGE_HEAD = (
-    "<!DOCTYPE html>\n<html><head><title>tcp-zoo guestbook</title></head>\n"
-    "<body><h1>Guestbook</h1>\n<p id=\"visits\">Visits: {visits}</p>\n<ul id=\"entries\">\n"
-)
-_PAGE_ENTRY = "<li><b>{name}</b>: {message}</li>\n"
-_PAGE_TAIL = (
-    "</ul>\n<form method=\"post\" action=\"/guestbook\">\n"
-    f"<input name=\"name\" maxlength=\"{MAX_NAME}\" required>\n"
-    f"<textarea name=\"message\" maxlength=\"{MAX_MESSAGE}\" required></textarea>\n"
-    "<button type=\"submit\">Sign</button>\n</form>\n"
-) + PAGE_MARKER.decode() + "\n</body></html>\n"
+_PAGE_HEAD: str = _TEXT["page_head"]
+_PAGE_ENTRY: str = _TEXT["entry"]
+_PAGE_TAIL: str = _TEXT["page_tail"].format(max_name=MAX_NAME, max_message=MAX_MESSAGE)
+assert PAGE_MARKER.decode() in _PAGE_TAIL
 
 
 @dataclass(frozen=True)
@@ -69,16 +63,17 @@ class AppResponse:
 
 def unavailable() -> AppResponse:
     """The answer while Redis cannot be reached (every other route keeps working)."""
-    return AppResponse(503, TEXT_TYPE, b"503 Service Unavailable: the guestbook's Redis "
-                                       b"is unreachable\n")
+    return AppResponse(503, TEXT_TYPE, _TEXT["unavailable_body"].encode())
 
 
 def _bad(reason: str) -> AppResponse:
-    return AppResponse(400, TEXT_TYPE, f"400 Bad Request: {reason}\n".encode())
+    return AppResponse(400, TEXT_TYPE, f"{_TEXT['bad_request_prefix']}{reason}\n".encode())
 
 
 class Guestbook:
     """The app's state shared by all connections: the backend wait to add."""
+
+    path = PATH
 
     def __init__(self, wait_ms: float = 0.0) -> None:
         if wait_ms < 0:
@@ -156,7 +151,7 @@ class Guestbook:
         """303 to the page once the entry is stored; 503 if Redis refused."""
         if len(replies) != 2 or any(isinstance(r, resp.ReplyError) for r in replies):
             return unavailable()
-        return AppResponse(303, TEXT_TYPE, b"303 See Other: /guestbook\n",
+        return AppResponse(303, TEXT_TYPE, _TEXT["see_other_body"].encode(),
                            location=PATH.decode())
 
 

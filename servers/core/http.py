@@ -18,12 +18,19 @@ of a request (blank lines before a request line included) to the end of its
 head; after a response it starts again at the first byte of the next request.
 An HTTP/1.0 request carrying Transfer-Encoding has no trustworthy framing (RFC
 9112 §6.1): it is answered when its head ends, then the connection closes.
+
+With ``--redis``, ``/guestbook`` is the guestbook app (:mod:`servers.core.guestbook`):
+GET and HEAD show the page, POST stores an entry (its urlencoded body is kept, up
+to ``--max-body-bytes``). Its response waits for a backend call the driver
+performs; later responses wait behind it (see :mod:`servers.core.session`).
+Without ``--redis`` the path is like any other.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
 
@@ -31,6 +38,7 @@ import httptools
 
 from servers.core import wire
 from servers.core.files import FileRoot, content_type
+from servers.core.guestbook import AppResponse, BackendCall, Guestbook, unavailable
 from servers.core.session import FileSlice, Session
 from servers.settings import Settings
 
@@ -45,6 +53,8 @@ class HttpApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.files = FileRoot(settings.root) if settings.root is not None else None
+        self.guestbook = (Guestbook(settings.backend_wait_ms)
+                          if settings.redis is not None else None)
         self.dates = wire.DateCache()
         self._page_heads: dict[tuple[str, int], bytes] = {}
 
@@ -88,6 +98,8 @@ class HttpSession(Session):
         self._body_bytes = 0
         self._transfer_encoding = False
         self._url = bytearray()
+        self._content_type: bytes | None = None
+        self._body: bytearray | None = None  # kept only for a guestbook POST
 
     # -- driver side -------------------------------------------------------------------
 
@@ -106,8 +118,8 @@ class HttpSession(Session):
             with data[pos:end] as piece:
                 self._feed_piece(piece)
             pos = end
-            if pos == total or self.closing or self.over_mark:
-                return total if self.closing else pos
+            if pos == total or self._closing or self.blocked:
+                return total if self._closing else pos
             end = _end_of_piece(raw, pos)
 
     def _feed_piece(self, piece: memoryview) -> None:
@@ -153,6 +165,8 @@ class HttpSession(Session):
         self._body_bytes = 0
         self._transfer_encoding = False
         self._url.clear()
+        self._content_type = None
+        self._body = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -170,11 +184,16 @@ class HttpSession(Session):
                 self._abort(413)
         elif lower == b"transfer-encoding":
             self._transfer_encoding = True
+        elif lower == b"content-type":
+            self._content_type = value
 
     def on_headers_complete(self) -> None:
         self._head_started = None
         self._head_raw = 0
         self._in_body = True
+        if self._app.guestbook is not None and self._parser.get_method() == b"POST" \
+                and self._is_guestbook(bytes(self._url)):
+            self._body = bytearray()
         if self._transfer_encoding and self._parser.get_http_version() == "1.0":
             # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing, so what
             # follows the head cannot be trusted: answer now, then close.
@@ -186,6 +205,8 @@ class HttpSession(Session):
         self._body_bytes += len(body)
         if self._body_bytes > self.settings.max_body_bytes:
             self._abort(413)
+        if self._body is not None:
+            self._body += body
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -213,14 +234,14 @@ class HttpSession(Session):
 
     def _fail(self, status: int) -> None:
         """Answer an error that ends the connection (status 0: just stop)."""
-        if status and not self.closing:
+        if status and not self._closing:
             self._emit(wire.error_response(status, self._app.dates.now(), wire.CLOSE))
         self.closing = True
 
     def _answer(self, connection: int) -> None:
         """Respond to the request just parsed; an unexpected failure becomes a 500."""
         method, url = self._parser.get_method(), bytes(self._url)
-        mark = len(self._out)
+        mark = self._output_mark()
         try:
             self._respond(method, url, connection)
         except _Abort:
@@ -247,6 +268,9 @@ class HttpSession(Session):
 
     def _respond(self, method: bytes, url: bytes, connection: int) -> None:
         app = self._app
+        if app.guestbook is not None and self._is_guestbook(url):
+            self._respond_guestbook(app.guestbook, method, connection)
+            return
         if method not in _GET_HEAD:
             self._emit(wire.error_response(405, app.dates.now(), connection))
             return
@@ -267,6 +291,44 @@ class HttpSession(Session):
                 self._emit(wire.error_response(404, date, connection, head_only=head_only))
             return
         self._respond_file(path, connection, head_only)
+
+    @staticmethod
+    def _is_guestbook(url: bytes) -> bool:
+        try:
+            return httptools.parse_url(url).path == Guestbook.path
+        except httptools.HttpParserInvalidURLError:
+            return False
+
+    def _respond_guestbook(self, app: Guestbook, method: bytes, connection: int) -> None:
+        if method in _GET_HEAD:
+            self._await_app(app.page_call(), app.render_page, connection, method == b"HEAD")
+        elif method == b"POST":
+            call = app.post_call(self._content_type, bytes(self._body or b""))
+            if isinstance(call, AppResponse):  # refused before any backend call
+                self._emit_app(call, connection, head_only=False)
+            else:
+                self._await_app(call, app.finish_post, connection, head_only=False)
+        else:
+            self._emit(wire.error_response(405, self._app.dates.now(), connection))
+
+    def _await_app(self, call: BackendCall, render: Callable[[list[object]], AppResponse],
+                   connection: int, head_only: bool) -> None:
+        def finish(replies: list[object] | None) -> None:
+            try:
+                answer = unavailable() if replies is None else render(replies)
+                self._emit_app(answer, connection, head_only)
+            except Exception as exc:  # noqa: BLE001 - this request fails, not the driver
+                self._log_failure(exc, b"GUESTBOOK", Guestbook.path)
+                self._emit(wire.error_response(500, self._app.dates.now(), connection,
+                                               head_only=head_only))
+
+        self._await_backend(call, finish)
+
+    def _emit_app(self, answer: AppResponse, connection: int, head_only: bool) -> None:
+        self._emit(wire.compose_head(answer.status, self._app.dates.now(), answer.content_type,
+                                     len(answer.body), connection, location=answer.location))
+        if not head_only:
+            self._emit(answer.body)
 
     def _respond_file(self, path: bytes, connection: int, head_only: bool) -> None:
         app = self._app

@@ -14,6 +14,17 @@ unparsed rest of the input (:attr:`Session.paused`). The driver reads nothing
 while :attr:`Session.wants_input` is false, and calls :meth:`Session.resume`
 when its output has drained; so what one connection holds is the mark plus one
 response, whatever one read contained.
+
+Backend calls (the guestbook's Redis commands) are emitted the same way, never
+performed here. A request that needs the backend queues a
+:class:`~servers.core.guestbook.BackendCall`; the driver takes it
+(:meth:`Session.take_backend_call`), performs it in its model's own way and hands
+the decoded replies back (:meth:`Session.backend_replied`) or reports that the
+backend could not be reached (:meth:`Session.backend_failed`). Output produced
+after a pending call waits behind it, so responses leave in request order; parsing
+pauses while a call is pending (the rest of the input is held, as under
+backpressure), and :attr:`Session.closing` stays false until every pending
+response exists. A driver performs one call of a session at a time.
 """
 
 from __future__ import annotations
@@ -21,10 +32,14 @@ from __future__ import annotations
 import errno
 import os
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from servers.settings import Settings
+
+if TYPE_CHECKING:
+    from servers.core.guestbook import BackendCall
 
 
 class FileSlice:
@@ -90,13 +105,27 @@ def write_size(item: Write) -> int:
     return item.count if isinstance(item, FileSlice) else len(item)
 
 
+class _Pending:
+    """A response that waits for a backend call: the call, and what makes the response
+    from its replies (None when the backend could not be reached)."""
+
+    __slots__ = ("call", "finish", "taken")
+
+    def __init__(self, call: BackendCall, finish: Callable[[list[object] | None], None]) -> None:
+        self.call = call
+        self.finish = finish
+        self.taken = False
+
+
 class Session(ABC):
     """One connection's protocol state; see the module docstring for the contract."""
 
     def __init__(self, settings: Settings, now: float) -> None:
         self.settings = settings
-        self.closing = False
+        self._closing = False
         self._out: list[Write] = []
+        # From the first pending backend call on: what must leave after it, in order.
+        self._order: deque[Write | _Pending] = deque()
         self._unsent = 0  # produced and not yet reported sent by the driver
         self._held = bytearray()  # read but not parsed: the output was over the mark
         self._eof = False
@@ -107,29 +136,44 @@ class Session(ABC):
         """Parse ``data`` until :attr:`over_mark` (checked between requests) or the
         end; return how many bytes were consumed. Kept bytes are copied."""
 
+    @property
+    def closing(self) -> bool:
+        """The driver stops reading, sends what is left and closes: set once no more
+        will be answered, true once every pending response exists."""
+        return self._closing and not self._order
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        self._closing = value
+
+    @property
+    def blocked(self) -> bool:
+        """Parsing waits: the output is over the mark, or a backend call is pending."""
+        return self.over_mark or bool(self._order)
+
     def received(self, data: bytes | memoryview, now: float) -> None:
         """Take bytes read from the peer (copied if kept: the buffer may be reused)."""
         self._last_activity = now
-        if self.closing or not data:
+        if self._closing or not data:
             return
-        if self._held:
+        if self._held or self._order:
             self._held += data
             self.resume(now)
             return
         with memoryview(data) as view:
             used = self._feed(view, now)
-            if used < len(view) and not self.closing:
+            if used < len(view) and not self._closing:
                 self._held = bytearray(view[used:])
 
     def resume(self, now: float) -> bool:
         """Parse held input as far as the mark allows; return whether any was parsed.
         Drivers call this when their output has drained and :attr:`paused` is true."""
-        if not self._held or self.closing or self.over_mark:
+        if not self._held or self._closing or self.blocked:
             return False
         held, self._held = self._held, bytearray()
         with memoryview(held) as view:
             used = self._feed(view, now)
-            if used < len(view) and not self.closing:
+            if used < len(view) and not self._closing:
                 self._held = bytearray(view[used:])
         if self._eof and not self._held:
             self.closing = True
@@ -140,6 +184,50 @@ class Session(ABC):
         self._eof = True
         if not self._held:
             self.closing = True
+
+    # -- backend calls -----------------------------------------------------------------
+
+    @property
+    def awaiting_backend(self) -> bool:
+        """A backend call is pending (taken by the driver or not)."""
+        return bool(self._order)
+
+    def take_backend_call(self) -> BackendCall | None:
+        """The next backend call to perform, once; None while one is in flight or none."""
+        head = self._order[0] if self._order else None
+        if isinstance(head, _Pending) and not head.taken:
+            head.taken = True
+            return head.call
+        return None
+
+    def backend_replied(self, replies: list[object], now: float) -> None:
+        """The replies to the call last taken: its response is made, what waited behind
+        it follows, and parsing resumes (as far as the mark allows)."""
+        self._backend_done(replies, now)
+
+    def backend_failed(self, now: float) -> None:
+        """The call last taken could not be performed (backend unreachable or lost)."""
+        self._backend_done(None, now)
+
+    def _backend_done(self, replies: list[object] | None, now: float) -> None:
+        pending = self._order.popleft() if self._order else None
+        if not isinstance(pending, _Pending) or not pending.taken:
+            raise RuntimeError("no backend call was taken")
+        self._last_activity = now
+        rest, self._order = self._order, deque()
+        pending.finish(replies)  # emits into _out: it is first in line now
+        while rest and not isinstance(rest[0], _Pending):
+            self._out.append(rest.popleft())  # type: ignore[arg-type]
+        self._order = rest
+        if self._held:
+            self.resume(now)
+        elif self._eof:
+            self.closing = True
+
+    def _await_backend(self, call: BackendCall,
+                       finish: Callable[[list[object] | None], None]) -> None:
+        """Queue a response that needs ``call``; ``finish`` emits it from the replies."""
+        self._order.append(_Pending(call, finish))
 
     def take_output(self) -> list[Write]:
         """Return and forget what must be written next, adjacent bytes joined."""
@@ -183,7 +271,7 @@ class Session(ABC):
     @property
     def wants_input(self) -> bool:
         """Whether the driver should read: not closing, nothing held, output under the mark."""
-        return not self.closing and not self._held and not self.over_mark
+        return not self._closing and not self._held and not self.blocked
 
     def deadline(self) -> float:
         """The monotonic time after which :meth:`expired` is true unless activity happens."""
@@ -193,14 +281,24 @@ class Session(ABC):
         return now >= self.deadline()
 
     def _emit(self, data: Write) -> None:
-        self._out.append(data)
+        (self._order if self._order else self._out).append(data)
         self._unsent += write_size(data)
 
-    def _drop_output_since(self, mark: int) -> None:
-        """Forget what was emitted after ``len(self._out) == mark`` (a failed response)."""
-        for item in self._out[mark:]:
+    def _output_mark(self) -> tuple[int, int]:
+        """Where the output ends now, for :meth:`_drop_output_since`."""
+        return len(self._out), len(self._order)
+
+    def _drop_output_since(self, mark: tuple[int, int]) -> None:
+        """Forget what was emitted since :meth:`_output_mark` gave ``mark`` (a failed
+        response)."""
+        out_mark, order_mark = mark
+        for item in self._out[out_mark:]:
             self._unsent -= write_size(item)
-        del self._out[mark:]
+        del self._out[out_mark:]
+        while len(self._order) > order_mark:
+            item = self._order.pop()
+            if not isinstance(item, _Pending):
+                self._unsent -= write_size(item)
 
 
 def session_factory(settings: Settings) -> Callable[[float], Session]:

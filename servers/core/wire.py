@@ -22,7 +22,11 @@ ALLOW: str = _WIRE["allow"]
 # "errors" every HTTP server sends; "core_errors" only this core (403 under --root, 500).
 _ERRORS = {int(k): v for group in ("errors", "core_errors")
            for k, v in _WIRE[group].items() if k.isdigit()}
-REASONS: dict[int, str] = {200: "OK", **{code: v["reason"] for code, v in _ERRORS.items()}}
+GUESTBOOK: dict = _WIRE["guestbook"]
+REASONS: dict[int, str] = {
+    200: "OK", **{code: v["reason"] for code, v in _ERRORS.items()},
+    **{int(code): reason for code, reason in GUESTBOOK["reasons"].items()},
+}
 ERROR_BODIES: dict[int, bytes] = {code: v["body"].encode() for code, v in _ERRORS.items()}
 
 KEEP = 0
@@ -63,6 +67,7 @@ def compose_head(
     *,
     last_modified: str | None = None,
     allow: bool = False,
+    location: str | None = None,
 ) -> bytes:
     """The status line and headers, in the order WIRE.md fixes."""
     parts = [
@@ -71,6 +76,8 @@ def compose_head(
     ]
     if last_modified is not None:
         parts.append(f"Last-Modified: {last_modified}\r\n")
+    if location is not None:
+        parts.append(f"Location: {location}\r\n")
     if allow:
         parts.append(f"Allow: {ALLOW}\r\n")
     head = "".join(parts).encode("latin-1")

@@ -6,7 +6,9 @@ blocked thread never waits forever. Sending everything before reading again is
 this model's backpressure, and the session parses no further than the write
 high-water mark past what was sent, so memory per connection is bounded by the
 mark plus one response whatever one read held. Descriptor shortage at accept is
-handled by :class:`servers.drivers.accepting.AcceptBackoff`.
+handled by :class:`servers.drivers.accepting.AcceptBackoff`. A backend call (the
+guestbook's Redis) blocks the worker on its own Redis connection
+(:mod:`servers.drivers.blocking_backend`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 from servers.core import FileSlice, Session, Write
 from servers.drivers.accepting import AcceptBackoff
+from servers.drivers.blocking_backend import BackendUnavailable, BlockingBackend
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -111,12 +114,18 @@ def serve_connection(
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
     stop: StopSignal | None = None,
+    backend: BlockingBackend | None = None,
 ) -> None:
     """Run one connection to its end and close the socket.
 
     With ``stop``, a send blocked on a peer that does not read gives up once the
     server has been stopping for the shutdown grace (the thread that waits may be
-    the one that must exit: iterative)."""
+    the one that must exit: iterative). ``backend`` is the worker's Redis
+    connection; without one, a connection that makes a backend call opens its
+    own (with the socket class of ``sock``) and closes it at the end."""
+    own_backend = backend is None
+    if backend is None:
+        backend = BlockingBackend.for_settings(settings, type(sock))
     session = new_session(clock())
     buf = bytearray(settings.read_size)
     view = memoryview(buf)
@@ -128,6 +137,16 @@ def serve_connection(
             if pending:
                 _send_all(sock, pending, session, settings, clock, stop)
                 pending = []
+            call = session.take_backend_call()
+            if call is not None:
+                try:
+                    assert backend is not None  # a session makes calls only with --redis
+                    replies = backend.perform(call)
+                except BackendUnavailable:
+                    session.backend_failed(clock())
+                else:
+                    session.backend_replied(replies, clock())
+                continue
             if session.closing:
                 # After the peer's FIN nothing is left to drain: close at once. (Each
                 # syscall of a drain is one more wait for the GIL; 10,000 threads of
@@ -161,6 +180,8 @@ def serve_connection(
                 item.close()
         view.release()
         sock.close()
+        if own_backend and backend is not None:
+            backend.close()
 
 
 def _send_all(sock: socket.socket, writes: list[Write], session: Session, settings: Settings,
