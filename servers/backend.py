@@ -36,6 +36,9 @@ class Backend:
     default_workers: ClassVar[int] = 1
     # Whether this model's driver makes the guestbook's backend calls (``--redis``).
     guestbook: ClassVar[bool] = False
+    # Whether its Redis connections are a pool of --backend-pool N per event loop (else
+    # one per worker, and --backend-pool is a usage error).
+    backend_pool: ClassVar[bool] = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this backend's own flags."""

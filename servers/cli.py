@@ -68,6 +68,10 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
                         default=defaults.backend_wait_ms, metavar="W",
                         help="each guestbook GET first waits W ms in Redis (BLPOP on an "
                              "empty key; default: %(default)s)")
+    parser.add_argument("--backend-pool", type=positive_int, default=None, metavar="N",
+                        help="event-loop models: at most N Redis connections per loop, one "
+                             f"call on each at a time (default: {defaults.backend_pool}); "
+                             "blocking models use one per worker")
     backend.add_arguments(parser)
     return parser
 
@@ -79,6 +83,11 @@ def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
         raise UsageError("--redis needs --proto http")
     if options.redis is not None and not backend.guestbook:
         raise UsageError(f"{backend.name} has no guestbook: --redis is not supported")
+    if options.backend_pool is not None and not backend.backend_pool:
+        raise UsageError(f"{backend.name} keeps one Redis connection per worker: "
+                         "--backend-pool is not supported")
+    if options.backend_pool is not None and options.redis is None:
+        raise UsageError("--backend-pool needs --redis")
     if options.backend_wait_ms and options.redis is None:
         raise UsageError("--backend-wait-ms needs --redis (the wait happens in Redis)")
     workers = options.workers if options.workers is not None else backend.default_workers
@@ -98,6 +107,7 @@ def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
         backlog=options.backlog,
         redis=options.redis,
         backend_wait_ms=options.backend_wait_ms,
+        backend_pool=options.backend_pool or Settings.backend_pool,
     )
 
 

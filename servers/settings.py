@@ -40,3 +40,7 @@ class Settings:
     redis: RedisAddr | None = None
     # Each guestbook GET first waits this long in Redis (BLPOP on an empty key).
     backend_wait_ms: float = 0.0
+    # Event-loop models: at most this many Redis connections per loop, each carrying one
+    # call at a time (a BLPOP holds its connection); calls beyond wait for a free one.
+    # Blocking models have one per worker instead.
+    backend_pool: int = 1024
