@@ -5,8 +5,10 @@
 (b) Against c-epoll HTTP, loadgen keep-alive throughput is at least 0.9x what
     ``wrk`` measures with the same connections and threads.
 
-Slow (about a minute) and sensitive to other load on the machine, so kept out of
-the plain ``pytest`` run (``testpaths = ["tests"]``). Run them with::
+Slow (about a minute) and sensitive to other load on the machine, and not
+pytest-benchmark benchmarks, so collected only when this file is named (see
+``conftest.py``): neither plain ``pytest`` nor ``pytest --benchmark-only`` runs
+them. Run them with::
 
     .venv/bin/python -m pytest benchmarks/test_loadgen_ceiling.py -s
     .venv/bin/python benchmarks/test_loadgen_ceiling.py      # figures only

@@ -1,13 +1,15 @@
 """pytest-benchmark benchmarks: every server of the registry, echo and HTTP.
 
-Run with ``pytest benchmarks --benchmark-only`` (plain ``pytest`` collects only
-``tests/`` and skips benchmarks). Each round sends a fixed number of requests
-through the native load generator, run as a pinned subprocess on the client
-cores; the timed figure is the round's wall time (it includes ~0.1 s of load
-generator start-up, the same for every server), and ``extra_info`` holds the
-load generator's own requests/s and latency percentiles (medians over the
-rounds) so that ``--benchmark-compare``, ``--benchmark-histogram`` and saved
-runs (``--benchmark-autosave``) carry them.
+Run with ``pytest --benchmark-only`` from the repository root (about 2 minutes on
+2 cores; plain ``pytest`` skips them, see ``conftest.py``). Each round sends a
+fixed number of requests through the native load generator, run as a pinned
+subprocess on the client cores; the timed figure is the round's wall time (it
+includes ~0.1 s of load generator start-up, the same for every server), and
+``extra_info`` holds the load generator's own requests/s and latency percentiles
+(medians over the rounds) so that ``--benchmark-json``, ``--benchmark-compare``
+and saved runs (``--benchmark-autosave``) carry them. Benchmarks are grouped by workload
+(``benchmark.group``); ``--benchmark-group-by=param:workload`` or ``param:server``
+regroup them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from typing import Any
 from bench import runner
 
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
+# The default size (see conftest.py): about 2 minutes for the whole zoo on 2 cores.
+DEFAULT_REQUESTS = 5000
+DEFAULT_ROUNDS = 5
+DEFAULT_CONCURRENCY = 50
 
 
 def env_int(name: str, default: int) -> int:
@@ -31,10 +37,11 @@ def env_int(name: str, default: int) -> int:
 
 
 def test_zoo(benchmark: Any, zoo_server: tuple[runner.Server, runner.Target, str]) -> None:
+    """One (server, workload): fixed-size rounds of the load generator, timed."""
     server, target, workload = zoo_server
-    requests = env_int("ZOO_BENCH_REQUESTS", 10000)
-    rounds = env_int("ZOO_BENCH_ROUNDS", 5)
-    connections = env_int("ZOO_BENCH_CONCURRENCY", 50) if target.concurrent else 1
+    requests = env_int("ZOO_BENCH_REQUESTS", DEFAULT_REQUESTS)
+    rounds = env_int("ZOO_BENCH_ROUNDS", DEFAULT_ROUNDS)
+    connections = env_int("ZOO_BENCH_CONCURRENCY", DEFAULT_CONCURRENCY) if target.concurrent else 1
     _, client_cpus = runner.split_cpus()
     settings = runner.Settings(warmup=0.0, timeout=5.0)
     argv = runner.loadgen_argv(server.host, server.port, workload, connections, settings,
