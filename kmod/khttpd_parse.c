@@ -73,31 +73,89 @@ static void khttpd_trim(struct khttpd_span *s)
 		s->n--;
 }
 
-/* Is the request target's path "/"? Origin form or absolute form. */
-static bool khttpd_target_is_root(struct khttpd_span t)
+/*
+ * An absolute-form authority as http_parser accepts it: [userinfo@]host
+ * [:port], the host a name (letters, digits, '-', '.') or an [IPv6] literal.
+ */
+static bool khttpd_authority_ok(struct khttpd_span a)
 {
-	const char *p = t.p, *end = t.p + t.n, *slash;
+	const char *p = a.p, *end = a.p + a.n, *at;
+	const char *host;
 
-	if (p < end && *p != '/') {
-		const char *sep = strnstr(p, "://", t.n);
-
-		if (!sep)
-			return false;
-		p = sep + 3;
-		slash = memchr(p, '/', end - p);
-		if (!slash)
-			return true;	/* "http://host" means "/" */
-		p = slash;
+	at = memchr(p, '@', a.n);
+	if (at) {
+		for (; p < at; p++)
+			if (!isalnum(*p) && !strchr("-._~%!$&'()*+,;=:", *p))
+				return false;
+		p = at + 1;
 	}
-	if (p >= end || *p != '/')
-		return false;
-	return p + 1 == end || p[1] == '?' || p[1] == '#';
+	host = p;
+	if (p < end && *p == '[') {
+		while (++p < end && *p != ']')
+			if (!isxdigit(*p) && !strchr(":.%", *p) && !isalnum(*p))
+				return false;
+		if (p == end || p == host + 1)
+			return false;
+		p++;
+	} else {
+		while (p < end && (isalnum(*p) || *p == '-' || *p == '.'))
+			p++;
+		if (p == host)
+			return false;
+	}
+	if (p < end && *p == ':') {
+		if (++p == end)
+			return false;
+		while (p < end && isdigit(*p))
+			p++;
+	}
+	return p == end;
+}
+
+/*
+ * The path of a request target, as httptools.parse_url() finds it: origin
+ * form ("/p?q#f", or "*"), or absolute form ("scheme://authority/p?q", whose
+ * path is "/" when it has none). A byte outside printable ASCII, or another
+ * form, is a target the core answers 400.
+ */
+static int khttpd_target_path(struct khttpd_span t, struct khttpd_span *path)
+{
+	const char *p = t.p, *end = t.p + t.n;
+	struct khttpd_span auth;
+	size_t i;
+
+	for (i = 0; i < t.n; i++)
+		if ((unsigned char)t.p[i] >= 0x80)
+			return 400;
+	if (*p != '/' && *p != '*') {
+		while (p < end && isalpha(*p))
+			p++;
+		if (p == t.p || end - p < 3 || memcmp(p, "://", 3))
+			return 400;
+		p += 3;
+		auth.p = p;
+		while (p < end && *p != '/' && *p != '?')
+			p++;
+		auth.n = p - auth.p;
+		if (!khttpd_authority_ok(auth))
+			return 400;
+		if (p == end || *p == '?') {
+			path->p = "/";
+			path->n = 1;
+			return 0;
+		}
+	}
+	path->p = p;
+	while (p < end && *p != '?' && *p != '#')
+		p++;
+	path->n = p - path->p;
+	return 0;
 }
 
 static int khttpd_request_line(struct khttpd_span line, struct khttpd_req *req)
 {
 	const char *p = line.p, *end = line.p + line.n;
-	struct khttpd_span method, target, version;
+	struct khttpd_span method, target, version, path;
 	size_t i;
 
 	method.p = p;
@@ -138,7 +196,12 @@ static int khttpd_request_line(struct khttpd_span line, struct khttpd_req *req)
 			return 400;
 		req->method = KHTTPD_OTHER;
 	}
-	req->root = khttpd_target_is_root(target);
+	/* The core looks at the target only for the methods it serves. */
+	if (khttpd_target_path(target, &path))
+		return req->method == KHTTPD_OTHER ? 0 : 400;
+	req->path = path.p;
+	req->path_len = path.n;
+	req->root = khttpd_span_is(path, "/");
 	return 0;
 }
 

@@ -25,6 +25,8 @@ struct khttpd_req {
 	bool http10;
 	bool keep_alive;
 	bool root;		/* the path is "/" */
+	const char *path;	/* the target's path, still percent-encoded */
+	size_t path_len;	/* (it points into the parsed buffer) */
 	bool chunked;		/* Transfer-Encoding: chunked body follows */
 	u64 body_len;		/* Content-Length, to be skipped */
 };
