@@ -7,7 +7,14 @@
  * 404, other known methods 405 with Allow, a malformed request 400 and a
  * header section over 8 KiB 431 (both then close). Keep-alive follows
  * HTTP/1.1 and HTTP/1.0 rules; pipelined requests are answered in order.
+ *
+ * With root=DIR, GET and HEAD serve DIR's files and directory listings
+ * instead, as the user-space core does with --root (khttpd_files.c): a file
+ * is read through the output buffer a piece at a time, so a connection holds
+ * no more memory whatever the file's size.
  */
+#include <linux/dcache.h>
+#include <linux/fs.h>
 #include <linux/kernel.h>
 #include <linux/mm.h>
 #include <linux/module.h>
@@ -17,6 +24,7 @@
 #include <linux/timekeeping.h>
 #include <net/sock.h>
 
+#include "khttpd_files.h"
 #include "khttpd_parse.h"
 #include "khttpd_wire.h"
 #include "ksrv.h"
@@ -46,6 +54,16 @@
 	 sizeof("Connection: keep-alive\r\n") + KHTTPD_MAX_BODY_LEN)
 static_assert(KHTTPD_MAX_RESPONSE <= KHTTPD_OUT_RESERVE,
 	      "a response in servers/core/wire.json outgrows KHTTPD_OUT_RESERVE");
+
+/* The head of a file or listing (root=); its body follows separately. */
+#define KHTTPD_FILE_HEAD_FMT \
+	"HTTP/1.1 200 OK\r\nServer: %s\r\nDate: %s\r\n" \
+	"Content-Type: %s\r\nContent-Length: %llu\r\n%s%s%s%s\r\n"
+static_assert(sizeof(KHTTPD_FILE_HEAD_FMT) + sizeof(KHTTPD_SERVER) +
+	      2 * KHTTPD_DATE_LEN + KHTTPD_MAX_MIME_LEN +
+	      sizeof("18446744073709551615") + sizeof("Last-Modified: \r\n") +
+	      sizeof("Connection: keep-alive\r\n") <= KHTTPD_OUT_RESERVE,
+	      "a file's head outgrows KHTTPD_OUT_RESERVE");
 
 enum khttpd_conn_hdr {
 	KHTTPD_KEEP,		/* HTTP/1.1 kept alive: no Connection header */
@@ -83,11 +101,16 @@ module_param(header_timeout, uint, 0444);
 MODULE_PARM_DESC(header_timeout,
 		 "close a client whose request (head and body) is not complete this many seconds after its first byte; 0: never (default 10)");
 
+static char *root;
+module_param(root, charp, 0444);
+MODULE_PARM_DESC(root, "serve this directory's files and listings instead of the page (default: none)");
+
 /* The answer to a request whose body is still being read (and dropped). */
 struct khttpd_pending {
 	bool active;
 	bool chunked;
 	bool head_only;
+	bool file;			/* a path under root=, in the conn's path */
 	int code;
 	enum khttpd_conn_hdr conn_hdr;
 	u64 skip;			/* Content-Length bytes still to drop */
@@ -103,6 +126,9 @@ struct khttpd_conn {
 	unsigned long req_since;	/* jiffies the request being read began, or 0 */
 	time64_t date_sec;
 	char date[KHTTPD_DATE_LEN + 1];
+	size_t path_len;		/* the pending request's decoded path */
+	char path[KHTTPD_MAX_HEAD];
+	char scratch[KHTTPD_MAX_HEAD + 2];
 	char in[KHTTPD_IN_SIZE];
 	char out[KHTTPD_OUT_SIZE];
 };
@@ -117,8 +143,8 @@ static const struct khttpd_status *khttpd_status(int code)
 	return &khttpd_statuses[1];	/* 400 */
 }
 
-/* The Date value (IMF-fixdate), formatted once per second. */
-static const char *khttpd_date(struct khttpd_conn *c)
+/* An IMF-fixdate, as Date and Last-Modified carry it. */
+static void khttpd_fmt_date(char *buf, size_t size, time64_t t)
 {
 	static const char * const days[] = {
 		"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat",
@@ -127,15 +153,22 @@ static const char *khttpd_date(struct khttpd_conn *c)
 		"Jan", "Feb", "Mar", "Apr", "May", "Jun",
 		"Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 	};
-	time64_t now = ktime_get_real_seconds();
 	struct tm tm;
+
+	time64_to_tm(t, 0, &tm);
+	scnprintf(buf, size, "%s, %02d %s %04ld %02d:%02d:%02d GMT",
+		  days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
+		  tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* The Date value, formatted once per second. */
+static const char *khttpd_date(struct khttpd_conn *c)
+{
+	time64_t now = ktime_get_real_seconds();
 
 	if (now == c->date_sec && c->date[0])
 		return c->date;
-	time64_to_tm(now, 0, &tm);
-	scnprintf(c->date, sizeof(c->date), "%s, %02d %s %04ld %02d:%02d:%02d GMT",
-		  days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
-		  tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	khttpd_fmt_date(c->date, sizeof(c->date), now);
 	c->date_sec = now;
 	return c->date;
 }
@@ -181,6 +214,158 @@ static int khttpd_respond(struct khttpd_conn *c, int code, bool head_only,
 	}
 	c->out_len += n;
 	return 0;
+}
+
+/* code if wire.json gives it (403 and 500 are the core's), else 404. */
+static int khttpd_known(int code)
+{
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(khttpd_statuses); i++)
+		if (khttpd_statuses[i].code == code)
+			return code;
+	return 404;
+}
+
+/* Append the head of a 200 with a body of len bytes (root=). */
+static int khttpd_file_head(struct khttpd_conn *c, const char *type, u64 len,
+			    const char *lastmod, enum khttpd_conn_hdr conn_hdr)
+{
+	int n;
+
+	if (KHTTPD_OUT_SIZE - c->out_len < KHTTPD_OUT_RESERVE) {
+		n = khttpd_flush(c);
+		if (n)
+			return n;
+	}
+	c->out_len += scnprintf(c->out + c->out_len, KHTTPD_OUT_SIZE - c->out_len,
+				KHTTPD_FILE_HEAD_FMT, KHTTPD_SERVER, khttpd_date(c),
+				type, (unsigned long long)len,
+				lastmod ? "Last-Modified: " : "",
+				lastmod ? lastmod : "", lastmod ? "\r\n" : "",
+				conn_hdr == KHTTPD_CLOSE ? "Connection: close\r\n" :
+				conn_hdr == KHTTPD_KEEP_10 ? "Connection: keep-alive\r\n" : "");
+	return 0;
+}
+
+/* Body bytes into the output buffer, flushed each time it fills. */
+static int khttpd_sink(void *arg, const char *p, size_t n)
+{
+	struct khttpd_conn *c = arg;
+	size_t k;
+	int err;
+
+	while (n) {
+		if (c->out_len == KHTTPD_OUT_SIZE) {
+			err = khttpd_flush(c);
+			if (err)
+				return err;
+		}
+		k = min(n, KHTTPD_OUT_SIZE - c->out_len);
+		memcpy(c->out + c->out_len, p, k);
+		c->out_len += k;
+		p += k;
+		n -= k;
+	}
+	return 0;
+}
+
+static int khttpd_send_listing(struct khttpd_conn *c, const struct path *dir,
+			       bool head_only, enum khttpd_conn_hdr conn_hdr)
+{
+	struct khttpd_listing ls;
+	ssize_t len;
+	int err;
+
+	err = khttpd_listing_read(&ls, dir, c->path, c->path_len);
+	if (err == -EACCES || err == -EPERM)
+		return khttpd_respond(c, khttpd_known(403), head_only, conn_hdr);
+	if (err == -ENOENT || err == -ENOTDIR)
+		return khttpd_respond(c, 404, head_only, conn_hdr);
+	if (err)	/* over the listing limits, or out of memory */
+		return khttpd_respond(c, khttpd_known(500), head_only, conn_hdr);
+	len = khttpd_listing_emit(&ls, c->path, c->path_len, NULL, NULL);
+	err = khttpd_file_head(c, KHTTPD_LISTING_TYPE, len, NULL, conn_hdr);
+	if (!err && !head_only) {
+		len = khttpd_listing_emit(&ls, c->path, c->path_len, khttpd_sink, c);
+		err = len < 0 ? len : 0;
+	}
+	khttpd_listing_free(&ls);
+	return err;
+}
+
+/*
+ * A regular file: its head, then its bytes read into the output buffer a
+ * piece at a time and sent (each piece within the send timeout, as the core
+ * counts a slow reader's progress as activity). A file that shrinks under
+ * the transfer ends the connection: Content-Length cannot be kept.
+ */
+static int khttpd_send_file(struct khttpd_conn *c, const struct path *path,
+			    bool head_only, enum khttpd_conn_hdr conn_hdr)
+{
+	char lastmod[KHTTPD_DATE_LEN + 1];
+	struct name_snapshot name;
+	const char *type;
+	struct kstat st;
+	struct file *f;
+	loff_t pos = 0;
+	u64 left;
+	ssize_t n;
+	int err;
+
+	f = dentry_open(path, O_RDONLY | O_LARGEFILE, current_cred());
+	if (IS_ERR(f)) {
+		err = PTR_ERR(f);
+		return khttpd_respond(c, err == -EACCES || err == -EPERM ?
+				      khttpd_known(403) : 404, head_only, conn_hdr);
+	}
+	err = vfs_getattr(&f->f_path, &st, STATX_SIZE | STATX_MTIME,
+			  AT_STATX_SYNC_AS_STAT);
+	if (err) {
+		fput(f);
+		return khttpd_respond(c, khttpd_known(500), head_only, conn_hdr);
+	}
+	take_dentry_name_snapshot(&name, path->dentry);
+	type = khttpd_content_type(name.name.name, name.name.len);
+	release_dentry_name_snapshot(&name);
+	khttpd_fmt_date(lastmod, sizeof(lastmod), st.mtime.tv_sec);
+	err = khttpd_file_head(c, type, st.size, lastmod, conn_hdr);
+	left = head_only ? 0 : st.size;
+	while (!err && left) {
+		if (c->out_len == KHTTPD_OUT_SIZE) {
+			err = khttpd_flush(c);
+			continue;
+		}
+		n = kernel_read(f, c->out + c->out_len,
+				min_t(u64, KHTTPD_OUT_SIZE - c->out_len, left), &pos);
+		if (n <= 0) {
+			err = n ? n : -EIO;
+			break;
+		}
+		c->out_len += n;
+		left -= n;
+	}
+	fput(f);
+	return err;
+}
+
+/* Answer the pending request for a path under root=. 0 or -errno (close). */
+static int khttpd_respond_path(struct khttpd_conn *c, bool head_only,
+			       enum khttpd_conn_hdr conn_hdr)
+{
+	struct path path;
+	int err;
+
+	if (khttpd_files_resolve(c->path, c->path_len, c->scratch, &path))
+		return khttpd_respond(c, 404, head_only, conn_hdr);
+	if (d_is_dir(path.dentry))
+		err = khttpd_send_listing(c, &path, head_only, conn_hdr);
+	else if (d_is_reg(path.dentry))
+		err = khttpd_send_file(c, &path, head_only, conn_hdr);
+	else	/* a FIFO, device or socket is never opened */
+		err = khttpd_respond(c, 404, head_only, conn_hdr);
+	path_put(&path);
+	return err;
 }
 
 static size_t khttpd_unparsed(struct khttpd_conn *c)
@@ -248,7 +433,10 @@ static int khttpd_process(struct khttpd_conn *c)
 				ret = khttpd_respond(c, ret, false, KHTTPD_CLOSE);
 				return ret ? ret : 0;
 			}
-			ret = khttpd_respond(c, p->code, p->head_only, p->conn_hdr);
+			if (p->file)
+				ret = khttpd_respond_path(c, p->head_only, p->conn_hdr);
+			else
+				ret = khttpd_respond(c, p->code, p->head_only, p->conn_hdr);
 			if (ret)
 				return ret;
 			if (p->conn_hdr == KHTTPD_CLOSE)
@@ -277,10 +465,14 @@ static int khttpd_process(struct khttpd_conn *c)
 			p->conn_hdr = KHTTPD_CLOSE;
 		else
 			p->conn_hdr = req.http10 ? KHTTPD_KEEP_10 : KHTTPD_KEEP;
-		if (req.method == KHTTPD_OTHER)
+		if (req.method == KHTTPD_OTHER) {
 			p->code = 405;
-		else
+		} else if (khttpd_files_enabled()) {
+			p->file = true;
+			c->path_len = khttpd_unquote(req.path, req.path_len, c->path);
+		} else {
 			p->code = req.root ? 200 : 404;
+		}
 	}
 }
 
@@ -383,18 +575,29 @@ static int __init khttpd_init(void)
 	khttpd_srv.idle_timeout = idle_timeout * HZ;
 	khttpd_srv.max_conns = max_conns;
 	khttpd_srv.mode = bound ? KSRV_WQ_BOUND : KSRV_WQ_UNBOUND;
+	err = khttpd_files_init(root);
+	if (err) {
+		pr_err("khttpd: root=%s is not a directory to serve: %d\n", root, err);
+		return err;
+	}
 	err = ksrv_start(&khttpd_srv, port, backlog, reuseaddr);
 	if (err) {
 		pr_err("khttpd: cannot listen on port %u: %d\n", port, err);
+		khttpd_files_exit();
 		return err;
 	}
-	pr_info("khttpd: listening on port %u\n", port);
+	if (khttpd_files_enabled())
+		pr_info("khttpd: listening on port %u, serving %s (lookups confined by %s)\n",
+			port, root, khttpd_files_scope());
+	else
+		pr_info("khttpd: listening on port %u\n", port);
 	return 0;
 }
 
 static void __exit khttpd_exit(void)
 {
 	ksrv_stop(&khttpd_srv);
+	khttpd_files_exit();
 	pr_info("khttpd: stopped\n");
 }
 
@@ -403,4 +606,4 @@ module_exit(khttpd_exit);
 
 MODULE_LICENSE("GPL");
 MODULE_AUTHOR("tcp-zoo");
-MODULE_DESCRIPTION("In-kernel HTTP/1.1 server on CMWQ, serving the tcp-zoo page");
+MODULE_DESCRIPTION("In-kernel HTTP/1.1 server on CMWQ: the tcp-zoo page, or files under root=");
