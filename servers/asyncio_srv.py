@@ -21,6 +21,8 @@ class Asyncio(Backend):
     """A single-threaded asyncio event loop, a protocol object per connection."""
 
     name = "asyncio"
+    guestbook = True
+    backend_pool = True  # Redis protocols on the loop, up to --backend-pool of them
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",

@@ -66,11 +66,15 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("asyncio", "servers.asyncio_srv", "event loop", "epoll (asyncio selector)",
           "asyncio.BufferedProtocol on the stdlib event loop",
           limits="one core per process (--workers N for more)",
-          args=("--loop", "asyncio"), sendfile=True, event_driven=True),
+          args=("--loop", "asyncio"), sendfile=True, event_driven=True,
+          guestbook="a pool of up to --backend-pool Redis protocols on the same loop, "
+                    "one call on each at a time, calls beyond it queued FIFO"),
     Entry("uvloop", "servers.asyncio_srv", "event loop", "libuv (epoll)",
           "the same asyncio.BufferedProtocol on uvloop (libuv)",
           limits="one core per process (--workers N for more); files sent by read+write",
-          args=("--loop", "uvloop"), sendfile=False, event_driven=True),
+          args=("--loop", "uvloop"), sendfile=False, event_driven=True,
+          guestbook="a pool of up to --backend-pool Redis protocols on the same loop, "
+                    "one call on each at a time, calls beyond it queued FIFO"),
     Entry("forking", "servers.forking", "process", "blocking",
           "fork() a child per connection; the child runs the blocking driver",
           limits="a process creation per client; children reaped on SIGCHLD; "

@@ -15,6 +15,17 @@ loops handle running out of descriptors the same way
 (:class:`servers.drivers.accepting.AcceptBackoff`): one log line per episode, a
 pause, then accepting again (the stdlib loop logs a traceback per attempt and
 libuv accepts and drops connections while it lasts).
+
+A backend call (the guestbook's Redis) goes to the loop's
+:class:`~servers.drivers.aio_backend.AioRedisPool`: Redis protocols on the same
+loop, one call on each connection at a time. While the call is pending the
+session wants no input, so reading from that client pauses; the answer comes back
+as a callback that hands the replies to the session and pumps again (a pipelined
+request may have queued the next call). A client that goes away while its call
+is pending withdraws it: a queued call is dropped, the replies of one in flight
+are discarded. The idle timeout also bounds how long a client waits for its
+answer; a graceful stop lets pending calls finish within the grace, then closes
+the pool.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ import time
 from collections import deque
 
 from servers.core import FileSlice, Session, Write, session_factory
+from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import AcceptBackoff
+from servers.drivers.aio_backend import AioRedisPool, Ticket
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -44,6 +57,7 @@ class _Server:
         self.connections: set[CoreProtocol] = set()
         self.stopping = False
         self.all_closed: asyncio.Event | None = None
+        self.backend = AioRedisPool.for_settings(settings)
         # The stdlib loop has a real sendfile; uvloop raises NotImplementedError.
         self.native_sendfile = isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
 
@@ -63,6 +77,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         self.read_paused = False
         self.finished = False
         self.drained: asyncio.Future[None] | None = None
+        self.ticket: Ticket | None = None  # the backend call in flight
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -119,6 +134,10 @@ class CoreProtocol(asyncio.BufferedProtocol):
             self.timer.cancel()
         if self.file_task is not None:
             self.file_task.cancel()
+        if self.ticket is not None:
+            assert self.server.backend is not None
+            self.server.backend.withdraw(self.ticket)  # its client is gone: drop the answer
+            self.ticket = None
         for item in self.queue:
             if isinstance(item, FileSlice):
                 item.close()
@@ -140,12 +159,35 @@ class CoreProtocol(asyncio.BufferedProtocol):
             if (self.queue or self.file_task is not None or self.drained is not None
                     or not session.paused or not session.resume(time.monotonic())):
                 break
+        if self.ticket is None:
+            call = session.take_backend_call()
+            if call is not None:
+                self._perform(call)
         if session.closing:
             self._pause_reading(True)
             if self.file_task is None and not self.queue:
                 self._close_after_flush()
         else:
             self._pause_reading(not session.wants_input or self.drained is not None)
+
+    # -- backend calls -----------------------------------------------------------------
+
+    def _perform(self, call: BackendCall) -> None:
+        backend = self.server.backend
+        assert backend is not None  # a session makes calls only with --redis
+        self.ticket = backend.perform(call, self._backend_done)
+
+    def _backend_done(self, replies: list[object] | None) -> None:
+        self.ticket = None
+        session, transport = self.session, self.transport
+        assert session is not None and transport is not None
+        if transport.is_closing():
+            return  # aborted (timeout, stop): connection_lost follows
+        if replies is None:
+            session.backend_failed(time.monotonic())
+        else:
+            session.backend_replied(replies, time.monotonic())
+        self._pump()
 
     def _write_queue(self) -> None:
         transport, session = self.transport, self.session
@@ -237,7 +279,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         """Graceful stop: close now if idle, else after the response in flight."""
         assert self.transport is not None and self.session is not None
         self.session.closing = True
-        idle = self.file_task is None and not self.queue
+        idle = self.file_task is None and not self.queue and self.ticket is None
         if idle and self.transport.get_write_buffer_size() == 0:
             self.transport.close()
         else:
@@ -323,4 +365,6 @@ async def serve_listener(listener: socket.socket, settings: Settings, stop: Stop
     for conn in list(state.connections):
         if conn.transport is not None:
             conn.transport.abort()
+    if state.backend is not None:
+        state.backend.close()
     await asyncio.sleep(0)
