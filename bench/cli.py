@@ -27,22 +27,34 @@ fresh server (see :mod:`bench.runner` for why).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
-from bench import metrics, progress, report, runner
-from servers.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from bench import files, metrics, progress, redis, report, runner
+from servers.argtypes import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    redis_addr,
+)
 from servers.cli import raise_descriptor_limit
 
 DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.5,
             "warmup": 0.1, "repeat": 3}
 QUICK = {"workloads": "echo,http", "concurrency": "10,100", "duration": 0.4,
          "warmup": 0.1, "repeat": 1}
+ECHO_SIZE = 64
+FILE_SIZE = 65536
+DEFAULT_WAITS = "10"
 RUN_OVERHEAD_S = 0.5
 MANY_CONNECTIONS_EXTRA_S = 0.6  # connection set-up and tear-down at >= 1,000
 PACKAGES = ("tabulate", "psutil", "matplotlib", "uvloop", "trio", "gevent", "httptools",
@@ -88,7 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra silent connections held open during each run")
     parser.add_argument("--rate", type=positive_float, default=None,
                         help="open loop at this total requests/s (default: closed loop)")
-    parser.add_argument("--size", type=positive_int, default=64, help="echo payload bytes")
+    parser.add_argument("--size", type=positive_int, default=None,
+                        help=f"echo payload bytes (default {ECHO_SIZE}); file workload: the "
+                             f"file's size (default {FILE_SIZE})")
+    parser.add_argument("--backend-wait-ms", default=None, metavar="LIST",
+                        help="guestbook workloads: comma list of backend waits in ms, each a "
+                             f"run of its own (default {DEFAULT_WAITS})")
+    parser.add_argument("--post-every", type=positive_int, default=20, metavar="N",
+                        help="guestbook-post: one POST every N requests of a connection")
+    parser.add_argument("--redis", type=redis_addr, default=None, metavar="ADDR",
+                        help="guestbook workloads: use this Redis (HOST:PORT or unix:PATH) "
+                             "instead of starting a private one")
     parser.add_argument("--pipeline", type=positive_int, default=8,
                         help="depth for the http-pipeline workload")
     parser.add_argument("--workers", type=positive_int, default=None,
@@ -120,7 +142,8 @@ def select_targets(spec: str) -> list[runner.Target]:
             raise UsageError(f"--servers: unknown server(s) {', '.join(unknown)}; "
                              f"known: {', '.join(BY_NAME)}")
         entries = [BY_NAME[n] for n in dict.fromkeys(names)]
-    return [runner.Target(e.name, tuple(e.argv), e.kind, tuple(e.protocols), e.concurrent)
+    return [runner.Target(e.name, tuple(e.argv), e.kind, tuple(e.protocols), e.concurrent,
+                          e.static_files, bool(e.guestbook), e.max_in_flight)
             for e in entries]
 
 
@@ -140,8 +163,24 @@ def resolve_options(options: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--concurrency: expected integers, got {options.concurrency!r}") from None
     if not concurrency or min(concurrency) < 1:
         raise UsageError("--concurrency: expected positive integers")
+    try:
+        waits = [float(w) for w in _csv_list(options.backend_wait_ms or DEFAULT_WAITS)]
+    except ValueError:
+        raise UsageError(f"--backend-wait-ms: expected numbers, got "
+                         f"{options.backend_wait_ms!r}") from None
+    if not waits or min(waits) < 0:
+        raise UsageError("--backend-wait-ms: expected numbers >= 0")
+    if options.backend_wait_ms and not any(w.startswith("guestbook") for w in workloads):
+        raise UsageError("--backend-wait-ms: no guestbook workload chosen")
+    labels = []
+    for workload in dict.fromkeys(workloads):
+        if workload.startswith("guestbook"):
+            labels += [runner.label_for(workload, w) for w in dict.fromkeys(waits)]
+        else:
+            labels.append(workload)
     return {
-        "workloads": list(dict.fromkeys(workloads)),
+        "workloads": labels,
+        "backend_waits": list(dict.fromkeys(waits)),
         "concurrency": sorted(set(concurrency)),
         "duration": options.duration or base["duration"],
         "warmup": base["warmup"] if options.warmup is None else options.warmup,
@@ -263,13 +302,15 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     settings = runner.Settings(
         duration=resolved["duration"], warmup=resolved["warmup"], idle=options.idle,
-        rate=options.rate, size=options.size, pipeline=options.pipeline,
+        rate=options.rate, size=options.size or ECHO_SIZE, pipeline=options.pipeline,
         workers=options.workers, timeout=options.timeout,
+        file_size=options.size or FILE_SIZE, post_every=options.post_every,
         # an emulated guest starts Python in seconds, not milliseconds
         ready_timeout=120.0 if options.in_vm else 10.0, slack=120.0 if options.in_vm else 15.0,
     )
     order = plan(targets, resolved["workloads"], resolved["concurrency"], resolved["repeat"])
-    estimate = sum(estimate_run_s(settings, conc) for _, _, conc, _ in order)
+    estimate = sum(estimate_run_s(settings, conc) for _, label, conc, target in order
+                   if not runner.why_not_app(target, label))  # n/a rows cost nothing
     if options.vm:
         return run_vm(argv, options, estimate)
     if not order:
@@ -278,6 +319,59 @@ def run(argv: list[str] | None = None) -> int:
     note = VM_NOTE if options.in_vm else ""
     out_dir = options.out or default_out_dir()
     raise_descriptor_limit()
+    with contextlib.ExitStack() as stack:
+        try:
+            updates, app_info = app_resources(stack, resolved, options.redis, settings.file_size)
+        except (redis.RedisError, OSError) as exc:
+            print(f"python -m bench: error: the app workloads cannot run: {exc}",
+                  file=sys.stderr)
+            return 1
+        settings = dataclasses.replace(settings, **updates)
+        return _run_plan(argv, options, targets, resolved, settings, order, estimate, note,
+                         out_dir, app_info)
+
+
+def app_resources(stack: contextlib.ExitStack, resolved: dict[str, Any],
+                  own_redis: redis.RedisAddr | None, file_size: int,
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the app workloads need, for the length of ``stack``: the file root, and a
+    Redis (the user's, or a private one) with each backend wait calibrated on it."""
+    updates: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    bases = {runner.split_label(label)[0] for label in resolved["workloads"]}
+    if "file" in bases:
+        root = stack.enter_context(tempfile.TemporaryDirectory(prefix="tcpzoo-files-"))
+        files.make_root(root, (file_size,))
+        updates["file_root"] = root
+        info["file_size"] = file_size
+    if bases & {"guestbook", "guestbook-post"}:
+        waits = resolved["backend_waits"]
+        if own_redis is not None:
+            addr = own_redis
+            info["redis"] = f"{addr} (given with --redis)"
+            warning = redis.hz_warning(addr, min((w for w in waits if w > 0), default=0))
+            if warning:
+                print(f"bench: WARNING: {warning}", file=sys.stderr)
+                info["redis_warning"] = warning
+        else:
+            private = stack.enter_context(redis.PrivateRedis())
+            addr = private.addr
+            info["redis"] = f"private redis-server, hz {private.hz}, at {addr}"
+        measured = tuple((w, redis.calibrate_wait(addr, w)) for w in waits)
+        for asked, got in measured:
+            if asked:
+                print(f"bench: backend wait {asked:g} ms asked, {got:.1f} ms measured (median "
+                      f"of 8 BLPOPs on the idle Redis); Little's-law limits use the measured "
+                      "value", file=sys.stderr)
+        updates.update(redis=str(addr), waits_measured=measured)
+        info["backend_wait"] = [{"asked_ms": a, "measured_ms": m} for a, m in measured]
+    return updates, info
+
+
+def _run_plan(argv: list[str], options: argparse.Namespace, targets: list[runner.Target],
+              resolved: dict[str, Any], settings: runner.Settings,
+              order: list[tuple[int, str, int, runner.Target]], estimate: float, note: str,
+              out_dir: str, app_info: dict[str, Any]) -> int:
     server_cpus, client_cpus = runner.split_cpus()
     if server_cpus != client_cpus:
         os.sched_setaffinity(0, client_cpus)  # keep the harness off the server's cores
@@ -297,7 +391,7 @@ def run(argv: list[str] | None = None) -> int:
         "argv": argv, "settings": {**resolved, "idle": settings.idle, "rate": settings.rate,
                                    "size": settings.size, "pipeline": settings.pipeline,
                                    "workers": settings.workers, "timeout": settings.timeout},
-        "servers": [t.name for t in targets], "server_cpus": server_cpus,
+        "servers": [t.name for t in targets], "server_cpus": server_cpus, "apps": app_info,
         "client_cpus": client_cpus, "perf": "perf stat raw_syscalls:sys_enter" if use_perf
         else f"not counted ({perf_problem or '--no-perf'})", "header_note": note,
         "estimate_s": estimate, "in_vm": options.in_vm,
@@ -339,6 +433,8 @@ def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.S
             if record["status"] == "skipped":
                 gave_up[target.name] = ("skipped", record["reason"])
                 bar.note(f"bench: {target.name}: skipped: {record['reason']}")
+            elif record["status"] == "n/a":
+                pass  # in the tables as n/a, with the reason
             elif record["status"] == "failed" and record["server_exit"] is None:
                 start_failures[target.name] = start_failures.get(target.name, 0) + 1
                 if start_failures[target.name] >= 2:

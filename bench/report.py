@@ -26,8 +26,9 @@ from typing import Any
 from tabulate import tabulate
 
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
-FAILED = ("failed", "timeout", "skipped")
-STATUS_ORDER = ("skipped", "failed", "timeout", "unclean-exit", "errors", "ok")
+FAILED = ("failed", "timeout", "skipped", "n/a")
+NOT_RUN = ("skipped", "n/a")  # the server cannot run here, or cannot serve the workload
+STATUS_ORDER = ("n/a", "skipped", "failed", "timeout", "unclean-exit", "errors", "ok")
 LEGEND = ("* best in column   ! errors counted   c client-bound (load generator's core "
           "saturated: a floor, not the server's limit)   x unclean exit   ±: half the range "
           "over the repeats")
@@ -101,6 +102,12 @@ def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, A
         "foreign_cpu_util": _median(r.get("foreign_cpu_util") for r in measured),
         "client_core_busy": _median(r.get("client_core_busy") for r in measured),
         "client_bound": bool(util is not None and util >= 0.9),
+        "mb_per_s": _median(r.get("mb_per_s") for r in measured),
+        "cpu_us_per_mb": _median(r.get("cpu_us_per_mb") for r in measured),
+        "backend_wait_ms": group[0].get("backend_wait_ms"),
+        "backend_wait_measured_ms": group[0].get("backend_wait_measured_ms"),
+        "littles_limit": group[0].get("littles_limit"),
+        "littles_share": _median(r.get("littles_share") for r in measured),
         "server_exit": sorted({str(r.get("server_exit")) for r in group}),
         "samples": group,
     }
@@ -173,7 +180,7 @@ def cell_text(result: dict[str, Any] | None, best: bool, markdown: bool = False)
         return "n/a"
     status = result["status"]
     if status in FAILED:
-        return {"failed": "FAIL", "timeout": "TIMEOUT", "skipped": "skip"}[status]
+        return {"failed": "FAIL", "timeout": "TIMEOUT", "skipped": "skip", "n/a": "n/a"}[status]
     text = fmt_rate(result["requests_per_s"])
     if result.get("spread_pct") is not None:
         text += f" ±{result['spread_pct']:.0f}%"
@@ -242,10 +249,15 @@ def latency_table(results: list[dict[str, Any]], workload: str, key: str = "p99"
 
 def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
                fmt: str = "simple") -> str:
-    """Per-request costs at one concurrency, fastest first: why one server is faster."""
+    """Per-request costs at one concurrency, fastest first: why one server is faster.
+
+    The file workload adds MB/s and server CPU per MB; the guestbook adds the
+    Little's-law limit min(connections, requests the model has in flight) / W, with
+    W the measured backend wait, and the share of it reached."""
+    app = app_of(workload)
     rows = []
     chosen = [r for r in results if r["workload"] == workload and r["concurrency"] == concurrency
-              and r["status"] != "skipped"]  # skips are in the throughput table and below
+              and r["status"] not in NOT_RUN]  # those are in the throughput table and below
     chosen.sort(key=lambda r: -(r["requests_per_s"] or 0) if r["status"] not in FAILED else 1)
     for r in chosen:
         lat = r["latency_us"]
@@ -265,10 +277,26 @@ def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
             "yes" if r["client_bound"] else "",
             r["status"] + (f": {r['reason'][:40]}" if r["status"] != "ok" and r["reason"] else ""),
         ])
+        if app == "file":
+            rows[-1][2:2] = [fmt_num(r.get("mb_per_s")), fmt_num(r.get("cpu_us_per_mb"), 0)]
+        elif app == "guestbook":
+            limit, share = r.get("littles_limit"), r.get("littles_share")
+            rows[-1][2:2] = [fmt_rate(limit),
+                             fmt_num(None if share is None else 100 * share, 0)]
     headers = ["server", "req/s", "p50", "p99", "CPU us/req", "syscalls/req", "ctxsw/req",
                "srv CPU %", "RSS MiB", "PSS MiB", "others on srv core %", "lg core busy %",
                "client-bound", "status"]
+    if app == "file":
+        headers[2:2] = ["MB/s", "CPU us/MB"]
+    elif app == "guestbook":
+        headers[2:2] = ["Little limit", "% of limit"]
     return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
+
+
+def app_of(workload: str) -> str:
+    """"file", "guestbook" (both guestbook workloads, any wait) or "" for a label."""
+    base = workload.partition("@")[0]
+    return "guestbook" if base.startswith("guestbook") else base if base == "file" else ""
 
 
 def diagnose(results: list[dict[str, Any]], workload: str, concurrency: int) -> list[str]:
@@ -318,6 +346,9 @@ def diagnose(results: list[dict[str, Any]], workload: str, concurrency: int) -> 
                     is not None else ""]
             costs = ", ".join(b for b in bits if b)
             notes.insert(0, f"fastest: {costs} per request" if costs else "fastest")
+        share = r.get("littles_share")
+        if share is not None:
+            notes.append(_littles_reading(r, share, util))
         if r["client_bound"]:
             notes.append("client-bound: the figure is a floor")
         elif (r.get("client_core_busy") or 0) >= 0.9 and (r.get("client_cpu_util") or 0) < 0.7:
@@ -326,6 +357,22 @@ def diagnose(results: list[dict[str, Any]], workload: str, concurrency: int) -> 
             notes.append(f"{r['errors_total']} errors")
         lines.append(f"{r['server']}: " + "; ".join(notes or ["on a par with the fastest"]))
     return lines
+
+
+def _littles_reading(r: dict[str, Any], share: float, util: float | None) -> str:
+    """What capped a guestbook server, read from its share of the Little's-law limit."""
+    limit = fmt_rate(r.get("littles_limit"))
+    if share >= 0.8:
+        return (f"{100 * share:.0f}% of its Little's-law limit ({limit} req/s): the backend "
+                "wait caps it")
+    if util is not None and util >= 0.85:
+        return (f"{100 * share:.0f}% of its Little's-law limit ({limit} req/s): its core is "
+                f"{100 * util:.0f}% busy, so the GIL or the event loop caps it, not Redis")
+    if r.get("client_bound"):
+        return f"{100 * share:.0f}% of its Little's-law limit ({limit} req/s): client-bound"
+    return (f"{100 * share:.0f}% of its Little's-law limit ({limit} req/s) with its core "
+            f"{100 * (util or 0):.0f}% busy: it waits on something else (its workers or "
+            f"Redis connections, or Redis itself)")
 
 
 def reference_concurrency(results: list[dict[str, Any]], workload: str) -> int | None:
@@ -350,7 +397,7 @@ def ranking(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for r in results:
         key = (r["workload"], r["concurrency"])
-        if key not in best or r["status"] == "skipped":
+        if key not in best or r["status"] in NOT_RUN:
             continue
         row = rows.setdefault(r["server"], {"server": r["server"], "cells": 0, "wins": 0,
                                             "per_workload": {}, "sum": 0.0})
@@ -428,10 +475,13 @@ def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
         parts.append("== not clean ==")
         skipped: set[str] = set()
         for r in failures:
-            if r["status"] == "skipped":
-                if r["server"] not in skipped:  # one line per skipped server
-                    skipped.add(r["server"])
-                    parts.append(f"  {r['server']}: skipped: {r['reason'][:160]}")
+            if r["status"] in NOT_RUN:
+                key = f"{r['server']}: {r['reason'][:160]}"
+                if key not in skipped:  # one line per server and reason
+                    skipped.add(key)
+                    parts.append(f"  {r['server']}: " + (
+                        r["reason"][:160] if r["status"] == "n/a"
+                        else f"skipped: {r['reason'][:160]}"))
                 continue
             parts.append(f"  {r['server']} {r['workload']} c={r['concurrency']}: "
                          f"{r['status']}: {r['reason'][:160]}")
@@ -483,7 +533,8 @@ CSV_FIELDS = (
     "p999_us", "max_us", "errors_total", "server_cpu_s", "server_cpu_s_per_10k",
     "cpu_us_per_req", "syscalls_per_req", "ctx_per_req", "ctx_voluntary", "ctx_involuntary",
     "server_rss_bytes", "server_pss_bytes", "client_cpu_util", "client_bound",
-    "foreign_cpu_util", "client_core_busy",
+    "foreign_cpu_util", "client_core_busy", "mb_per_s", "cpu_us_per_mb", "backend_wait_ms",
+    "backend_wait_measured_ms", "littles_limit", "littles_share",
 )
 
 

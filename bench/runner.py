@@ -17,7 +17,13 @@ concurrency it
    2 s (otherwise the tree is killed and the run says so).
 
 Every wait is bounded, so a server that hangs, crashes or never answers gives
-a failed run with a reason, never a hung harness. A fresh server process is
+a failed run with a reason, never a hung harness.
+
+The app workloads start the server with what they need: ``file`` with ``--root``
+(the generated files), ``guestbook`` and ``guestbook-post`` with ``--redis`` and
+``--backend-wait-ms W``. Their label carries the wait (``guestbook@10ms``); a server
+that cannot serve a workload (no guestbook in the kernel, no files in c-epoll) gets
+an ``n/a`` record with the reason instead of a silent gap. A fresh server process is
 started for every run: each repeat is an independent sample (start-up effects
 included in the spread, nothing carried over from an earlier concurrency or
 from a crash), only one server is alive at any time, and start-up costs about
@@ -56,7 +62,13 @@ ERROR_KINDS = ("refused", "reset", "timeout", "short", "wrong", "status", "other
 
 @dataclass(frozen=True)
 class Settings:
-    """What every run of one harness invocation shares."""
+    """What every run of one harness invocation shares.
+
+    ``redis`` is the Redis address passed to servers for the guestbook workloads,
+    ``waits_measured`` pairs each backend wait asked (ms) with the median a BLPOP of
+    it took on that Redis; ``file_root`` holds the files of the file workload, whose
+    size is ``file_size``.
+    """
 
     duration: float = 1.0
     warmup: float = 0.25
@@ -69,6 +81,14 @@ class Settings:
     server_args: tuple[str, ...] = ()
     ready_timeout: float = 10.0  # for the readiness line and the load generator's connections
     slack: float = 15.0  # beyond warm-up + duration + timeout before a load generator is killed
+    redis: str | None = None
+    waits_measured: tuple[tuple[float, float], ...] = ()
+    file_root: str | None = None
+    file_size: int = 65536
+    post_every: int = 20
+
+    def measured_wait(self, wait_ms: float) -> float | None:
+        return dict(self.waits_measured).get(wait_ms)
 
 
 @dataclass(frozen=True)
@@ -80,10 +100,66 @@ class Target:
     kind: str = "python"
     protocols: tuple[str, ...] = ("echo", "http")
     concurrent: bool = True
+    static_files: bool = True
+    guestbook: bool = False
+    # The most requests it has in flight at once whatever the connections (iterative: 1,
+    # a thread pool: its threads); 0: as many as connections.
+    max_in_flight: int = 0
+
+
+APP_WORKLOADS = ("file", "guestbook", "guestbook-post")
+
+
+def split_label(label: str) -> tuple[str, float | None]:
+    """``guestbook@10ms`` -> ("guestbook", 10.0); ``http`` -> ("http", None)."""
+    workload, sep, wait = label.partition("@")
+    if not sep:
+        return workload, None
+    return workload, float(wait.removesuffix("ms"))
+
+
+def label_for(workload: str, wait_ms: float | None) -> str:
+    return workload if wait_ms is None else f"{workload}@{wait_ms:g}ms"
+
+
+def why_not_app(target: Target, label: str) -> str:
+    """Why ``target`` cannot serve the workload of ``label``; "" when it can."""
+    workload, _ = split_label(label)
+    where = "the kernel" if target.kind == "kernel" else target.name
+    if workload == "file" and not target.static_files:
+        return f"n/a: no static files in {where}"
+    if workload in ("guestbook", "guestbook-post") and not target.guestbook:
+        return f"n/a: no guestbook in {where}"
+    return ""
+
+
+def app_args(target: Target, label: str, settings: Settings) -> tuple[list[str] | None, str]:
+    """The server flags a workload needs, or (None, why this server cannot run it)."""
+    why = why_not_app(target, label)
+    if why:
+        return None, why
+    workload, wait = split_label(label)
+    if workload == "file":
+        assert settings.file_root is not None
+        return ["--root", settings.file_root], ""
+    if workload in ("guestbook", "guestbook-post"):
+        assert settings.redis is not None
+        return ["--redis", settings.redis, "--backend-wait-ms", f"{wait or 0:g}"], ""
+    return [], ""
+
+
+def littles_limit(target: Target, connections: int, wait_ms: float | None) -> float | None:
+    """requests/s no server can beat with ``connections`` clients each waiting W ms:
+    min(connections, requests in flight the model allows) / W."""
+    if not wait_ms:
+        return None
+    in_flight = connections if not target.max_in_flight else min(connections,
+                                                                 target.max_in_flight)
+    return in_flight / (wait_ms / 1000)
 
 
 def protocol_of(workload: str) -> str:
-    """The server protocol a load generator workload speaks."""
+    """The server protocol a load generator workload (or its label) speaks."""
     return "echo" if workload.startswith("echo") else "http"
 
 
@@ -189,12 +265,13 @@ def start_server(
     settings: Settings,
     cpus: list[int] | None,
     ready_timeout: float = READY_TIMEOUT,
+    extra: list[str] | None = None,
 ) -> Server:
     """Start ``target`` and wait for its readiness line; raise StartFailure otherwise."""
     argv = [sys.executable, *target.argv, "--proto", protocol, "--port", "0"]
     if settings.workers:
         argv += ["--workers", str(settings.workers)]
-    argv += list(settings.server_args)
+    argv += list(settings.server_args) + list(extra or [])
     out_fd, out_path = tempfile.mkstemp(prefix="bench-srv-", suffix=".out")
     err_fd, err_path = tempfile.mkstemp(prefix="bench-srv-", suffix=".err")
     env = dict(os.environ)
@@ -246,11 +323,15 @@ def loadgen_argv(
     warmup: float | None = None,
 ) -> list[str]:
     """The command line of one load generator run (JSON on stdout)."""
+    workload, _ = split_label(workload)
+    size = settings.file_size if workload == "file" else settings.size
     argv = [
         sys.executable, "-m", "bench.loadgen", "--target", f"{host}:{port}",
         "--workload", workload, "-c", str(connections), "--threads", str(threads),
-        "--size", str(settings.size), "--timeout", f"{settings.timeout:g}", "--json",
+        "--size", str(size), "--timeout", f"{settings.timeout:g}", "--json",
     ]
+    if workload == "guestbook-post":
+        argv += ["--post-every", str(settings.post_every)]
     if duration is not None:
         argv += ["-d", f"{duration:g}"]
     if requests is not None:
@@ -315,6 +396,9 @@ def empty_record(target: Target, workload: str, concurrency: int, repeat: int) -
         "syscalls_per_req": None, "client_cpu_util": None, "client_bound": False,
         "server_exit": None, "foreign_cpu_util": None, "client_core_busy": None,
         "window_s": None, "duration_s": None,
+        "bytes_received": None, "mb_per_s": None, "cpu_us_per_mb": None,
+        "backend_wait_ms": None, "backend_wait_measured_ms": None,
+        "littles_limit": None, "littles_share": None,
         "wall_s": 0.0,
     }
 
@@ -332,9 +416,19 @@ def measure(
     began = time.monotonic()
     record = empty_record(target, workload, concurrency, repeat)
     server_cpus, client_cpus = cpus or split_cpus()
+    extra, why_not = app_args(target, workload, settings)
+    if extra is None:
+        record.update(status="n/a", reason=why_not)
+        return record
+    _, wait = split_label(workload)
+    if wait is not None:
+        measured = settings.measured_wait(wait)
+        record.update(backend_wait_ms=wait, backend_wait_measured_ms=measured,
+                      littles_limit=littles_limit(target, concurrency,
+                                                  measured if measured else wait))
     try:
         server = start_server(target, protocol_of(workload), settings, server_cpus,
-                              ready_timeout=settings.ready_timeout)
+                              ready_timeout=settings.ready_timeout, extra=extra)
     except StartFailure as exc:
         record["status"] = "skipped" if exc.skipped else "failed"
         record["reason"] = exc.reason
@@ -426,7 +520,12 @@ def _load_and_measure(
         client_cpu_util=result["client_cpu_util"],
         client_bound=bool(result["client_cpu_util"] >= CLIENT_BOUND_UTIL),
         window_s=usage.window_s, server_rss_bytes=usage.peak_rss, server_pss_bytes=usage.pss,
+        bytes_received=result.get("bytes_received"),
     )
+    if split_label(workload)[0] == "file" and result["duration_s"]:
+        record["mb_per_s"] = result["bytes_received"] / result["duration_s"] / 1e6
+    if record["littles_limit"]:
+        record["littles_share"] = rps / record["littles_limit"]
     served = rps * usage.window_s
     if usage.cores_busy_s is not None and server_cpus:
         capacity = usage.window_s * len(server_cpus)
@@ -447,6 +546,8 @@ def _load_and_measure(
                 cpu_us_per_req=usage.cpu_s / served * 1e6,
                 ctx_per_req=(usage.voluntary + usage.involuntary) / served,
             )
+        if record["mb_per_s"]:
+            record["cpu_us_per_mb"] = usage.cpu_s / (record["mb_per_s"] * usage.window_s) * 1e6
     if syscalls is not None and target.kind != "kernel":  # kthreads make no system calls
         count, window = syscalls
         record["syscalls"] = count

@@ -29,6 +29,8 @@ class Entry:
     static_files: bool = True
     # The guestbook's Redis connections in this model (its pooling choice); "": none.
     guestbook: str = ""
+    # The most requests it serves at once whatever the connections; 0: one per connection.
+    max_in_flight: int = 0
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -49,7 +51,8 @@ ENTRIES: tuple[Entry, ...] = (
           "one connection at a time on the main thread",
           limits="serves one client at a time; the others wait in the listen backlog",
           sendfile=True, concurrent=False,
-          guestbook="one Redis connection for the process, blocking"),
+          guestbook="one Redis connection for the process, blocking",
+          max_in_flight=1),
     Entry("threaded", "servers.threaded", "thread", "blocking",
           "a thread per connection, blocking sockets",
           limits="a thread (256 KiB stack) per client; the GIL serialises the Python work",
@@ -93,7 +96,8 @@ ENTRIES: tuple[Entry, ...] = (
           limits="N clients served at once and N queued (--queue); past that the acceptor "
                  "stops and new clients wait in the listen backlog",
           sendfile=True,
-          guestbook="a blocking Redis connection per pool thread"),
+          guestbook="a blocking Redis connection per pool thread",
+          max_in_flight=256),
     Entry("select", "servers.select_srv", "event loop", "select",
           "the shared readiness loop on select.select, level-triggered",
           limits="descriptors above FD_SETSIZE-1 (1023) cannot be watched: such a connection "
