@@ -1,27 +1,37 @@
 """threaded: a new thread for every connection, blocking I/O in each.
 
-The GIL's switch interval grows with the number of connection threads (#10). A
-thread waiting for the GIL wakes every switch interval to ask for it (CPython's
-``take_gil``: a timed wait on one condition variable), so N waiting threads make
-N / interval futex wake-ups a second. When 10,000 clients disconnect at once,
-10,000 threads wake and want the GIL together: at the default 5 ms that is two
-million wake-ups a second on one futex; the CPUs spin in the kernel on its
-hash-bucket lock (perf: 59 % futex_wake, 40 % the queued spinlock; 9,500 threads
-runnable), the thread holding the GIL hardly runs, about 1,000 threads leave in
-30 s, and a new client waited 80 s for its answer (2 cores). With the interval at
-threads / 2,000 s, between the default 5 ms (10 threads or fewer) and 1 s (2,000
-or more), and the blocking driver closing at once after the peer's FIN (no drain:
-two GIL round trips fewer per leaving thread), the crowd leaves within about a
-second and the new client is answered in 0.06 to 1.5 s (five runs). Each half
-alone is not enough: the interval alone, 1 to 2.3 s; the driver alone, no answer
-in 120 s. A longer interval is worse again (5 s: 15 s), as a thread that loses the
-race for a released GIL sleeps a whole interval. Threads still give the GIL up at
-every blocking call; only one computing longer than the interval keeps the others
-waiting longer.
+Mass disconnect (#10). When 10,000 clients leave at once, 10,000 threads wake
+from their reads together and each needs the GIL to finish. A thread waiting for
+the GIL wakes every switch interval to ask for it (CPython's ``take_gil``: a
+timed wait on one condition variable under one mutex), so N waiting threads make
+N / interval futex wake-ups a second: at the default 5 ms, two million, and
+9,500 threads were runnable on 2 cores, 99 % of the CPU spent in the kernel's
+futex code (perf: futex_wake 59 %, the futex hash-bucket spinlock 40 %), about
+1,000 threads left in 30 s, and a new client waited 80 s for its answer. So:
+
+- the switch interval grows with the threads: threads / 2,000 s, from the
+  default 5 ms (10 threads or fewer) up to 1 s (2,000 or more). Longer is worse
+  again (5 s: 6.6 s and 15 s seen), as a thread that loses the race for a
+  released GIL sleeps a whole interval;
+- a thread is started with ``_thread.start_new_thread`` and a lock it releases
+  when done, not ``threading.Thread``: no start-up handshake in which the
+  accepting thread waits for the new one to get the GIL, no global registry lock
+  taken by every thread that ends;
+- the blocking driver closes at once after the peer's FIN instead of draining it.
+
+Then the crowd leaves in about a second and the new client is answered in 0.02
+to 0.5 s in most runs (12 of 16 on a busy 2-core machine). That is the model's
+limit, not a guarantee: when the threads wake faster than the GIL can be handed
+from one to the next, thousands stay runnable on 2 cores, whoever holds the GIL
+or its mutex is preempted among them, and the handoffs collapse into a convoy
+for several seconds (6.6 to 8 s measured) before the crowd drains. Threads still
+give the GIL up at every blocking call; only one computing longer than the
+interval keeps the others waiting longer.
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import socket
 import sys
@@ -59,31 +69,34 @@ class Threaded(Backend):
               options: argparse.Namespace) -> None:
         new_session = session_factory(settings)
         conns = ConnectionSet()
-        threads: set[threading.Thread] = set()
+        running: set[_thread.LockType] = set()  # one lock per thread, held while it runs
         threading.stack_size(_THREAD_STACK)
         shortest = sys.getswitchinterval()
 
-        def run(sock: socket.socket) -> None:
+        def run(sock: socket.socket, done: _thread.LockType) -> None:
             try:
                 serve_connection(sock, new_session, settings)
             finally:
                 conns.discard(sock)
-                threads.discard(threading.current_thread())
-                fit_switch_interval(len(threads), shortest)
+                running.discard(done)
+                fit_switch_interval(len(running), shortest)
+                done.release()
 
         def handle(sock: socket.socket) -> None:
             conns.add(sock)
-            thread = threading.Thread(target=run, args=(sock,), daemon=True)
-            threads.add(thread)
-            fit_switch_interval(len(threads), shortest)
-            thread.start()
+            done = _thread.allocate_lock()
+            done.acquire()
+            running.add(done)
+            fit_switch_interval(len(running), shortest)
+            _thread.start_new_thread(run, (sock, done))  # not waited for at exit, as daemons
 
         accept_until_stopped(listener, stop, handle)
         listener.close()
         conns.stop_all()
         deadline = time.monotonic() + settings.shutdown_grace
-        for thread in list(threads):
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for done in list(running):
+            if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
 
 
 if __name__ == "__main__":
