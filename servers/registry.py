@@ -114,7 +114,9 @@ ENTRIES: tuple[Entry, ...] = (
           "and shutdown",
           limits="one core per process (--workers N for more); files by sendfile(2) "
                  "after wait_writable",
-          sendfile=True, event_driven=True),
+          sendfile=True, event_driven=True,
+          guestbook="a pool of up to --backend-pool trio streams per run, used by the "
+                    "connection's task one call at a time, calls beyond it queued FIFO"),
     Entry("gevent", "servers.gevent_srv", "greenlet", "libev (epoll)",
           "gevent StreamServer, a greenlet per connection running the blocking driver; "
           "no monkey-patching",

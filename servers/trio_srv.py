@@ -11,6 +11,13 @@ is left is cancelled. Backpressure: a task awaiting ``send_all`` does not read,
 and the session parses no further than the write high-water mark, so the task
 sends what one read produced before it parses the rest of that read.
 
+A backend call (the guestbook's Redis) is performed by the connection's own task
+on a trio stream of the run's pool (:mod:`servers.drivers.trio_backend`), under a
+cancel scope for the reply timeout; meanwhile that task does not read its client.
+A client that goes away meanwhile is noticed when its answer is sent. On stop a
+call in flight finishes within the grace or is cancelled with its task (its
+stream closed); the pool is closed when the run ends.
+
 Accepting is this module's own loop rather than ``trio.serve_listeners``, whose
 answer to running out of descriptors is a logged traceback every 100 ms:
 :class:`servers.drivers.accepting.AcceptBackoff` logs once per episode and
@@ -35,7 +42,10 @@ import trio
 from servers.backend import Backend
 from servers.cli import main
 from servers.core import FileSlice, Session, Write, session_factory
+from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import AcceptBackoff
+from servers.drivers.blocking_backend import BackendUnavailable
+from servers.drivers.trio_backend import TrioRedisPool
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -49,10 +59,12 @@ def _trio_time(monotonic_deadline: float) -> float:
 class _Connection:
     """One connection's task: receive under the session's deadline, send under the idle one."""
 
-    def __init__(self, stream: trio.SocketStream, session: Session, settings: Settings) -> None:
+    def __init__(self, stream: trio.SocketStream, session: Session, settings: Settings,
+                 backend: TrioRedisPool | None = None) -> None:
         self.stream = stream
         self.session = session
         self.settings = settings
+        self.backend = backend
         self.receiving: trio.CancelScope | None = None
         self.stopping = False
 
@@ -65,12 +77,19 @@ class _Connection:
     async def run(self) -> None:
         session, stream = self.session, self.stream
         size = self.settings.read_size
+        eof = False
         while True:
             await self._send(session.take_output())
+            call = session.take_backend_call()
+            if call is not None:
+                await self._perform(call)
+                continue  # send its answer; a pipelined request may need the next call
             if session.closing or self.stopping:
                 return
             if session.paused and session.resume(time.monotonic()):
                 continue  # all sent: parse what the last read still holds
+            if eof:
+                return
             with trio.CancelScope(deadline=_trio_time(session.deadline())) as scope:
                 self.receiving = scope
                 data = await stream.receive_some(size)
@@ -82,11 +101,19 @@ class _Connection:
                     return
                 continue
             if not data:
+                eof = True
                 session.eof_received(time.monotonic())
-                await self._send(session.take_output())
-                return
+                continue  # what it sent is still answered
             session.received(data, time.monotonic())
 
+    async def _perform(self, call: BackendCall) -> None:
+        assert self.backend is not None  # a session makes calls only with --redis
+        try:
+            replies = await self.backend.perform(call)
+        except BackendUnavailable:
+            self.session.backend_failed(time.monotonic())
+        else:
+            self.session.backend_replied(replies, time.monotonic())
 
     async def _send(self, writes: list[Write]) -> None:
         for item in writes:
@@ -157,9 +184,10 @@ async def serve_trio(listener: socket.socket, settings: Settings, stop: StopSign
     new_session: Callable[[float], Session] = session_factory(settings)
     live: set[_Connection] = set()
     stopping = False
+    backend = TrioRedisPool.for_settings(settings)
 
     async def handle(stream: trio.SocketStream) -> None:
-        conn = _Connection(stream, new_session(time.monotonic()), settings)
+        conn = _Connection(stream, new_session(time.monotonic()), settings, backend)
         live.add(conn)
         if stopping:
             conn.stop()
@@ -178,26 +206,32 @@ async def serve_trio(listener: socket.socket, settings: Settings, stop: StopSign
                 await stream.aclose()
 
     trio_listener = trio.socket.from_stdlib_socket(listener)
-    async with trio.open_nursery() as connections:
-        accepting = trio.CancelScope()
+    try:
+        async with trio.open_nursery() as connections:
+            accepting = trio.CancelScope()
 
-        async def accept() -> None:
-            with accepting:
-                await _accept_loop(trio_listener, connections, handle)
+            async def accept() -> None:
+                with accepting:
+                    await _accept_loop(trio_listener, connections, handle)
 
-        connections.start_soon(accept)
-        await trio.lowlevel.wait_readable(stop.fileno())
-        accepting.cancel()
-        stopping = True
-        for conn in list(live):
-            conn.stop()
-        connections.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace
+            connections.start_soon(accept)
+            await trio.lowlevel.wait_readable(stop.fileno())
+            accepting.cancel()
+            stopping = True
+            for conn in list(live):
+                conn.stop()
+            connections.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace
+    finally:
+        if backend is not None:
+            backend.close()
 
 
 class Trio(Backend):
     """trio: a task per connection, cancel scopes for timeouts and shutdown."""
 
     name = "trio"
+    guestbook = True
+    backend_pool = True  # trio streams in the run, up to --backend-pool of them
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:

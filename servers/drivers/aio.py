@@ -21,11 +21,13 @@ A backend call (the guestbook's Redis) goes to the loop's
 loop, one call on each connection at a time. While the call is pending the
 session wants no input, so reading from that client pauses; the answer comes back
 as a callback that hands the replies to the session and pumps again (a pipelined
-request may have queued the next call). A client that goes away while its call
-is pending withdraws it: a queued call is dropped, the replies of one in flight
-are discarded. The idle timeout also bounds how long a client waits for its
-answer; a graceful stop lets pending calls finish within the grace, then closes
-the pool.
+request may have queued the next call). Reading being paused, a client's reset
+is seen when its answer is written; a connection that ends while its call is
+pending (aborted at the end of a stop's grace) withdraws the call: a queued one
+is dropped unsent, the replies of one in flight are discarded. A client waiting
+for its answer is not idle: the call's own bounds (connect, reply timeout) make
+sure it gets one, if only a 503. A graceful stop lets pending calls finish
+within the grace, then closes the pool.
 """
 
 from __future__ import annotations
@@ -106,10 +108,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         assert session is not None
         session.received(self.server.view[:nbytes], time.monotonic())
         self._pump()
-        timer = self.timer
-        if timer is not None and session.deadline() < self.timer_at and not self.finished:
-            timer.cancel()  # a request head began: its deadline comes before the idle one
-            self._arm_timer()
+        self._rearm_if_sooner()
 
     def eof_received(self) -> bool:
         assert self.session is not None
@@ -188,6 +187,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         else:
             session.backend_replied(replies, time.monotonic())
         self._pump()
+        self._rearm_if_sooner()  # held input parsed: a request head may have begun
 
     def _write_queue(self) -> None:
         transport, session = self.transport, self.session
@@ -260,8 +260,18 @@ class CoreProtocol(asyncio.BufferedProtocol):
 
     def _arm_timer(self) -> None:
         assert self.session is not None
-        self.timer_at = self.session.deadline()
+        if self.ticket is None:
+            self.timer_at = self.session.deadline()
+        else:  # a client waiting for its backend answer is not idle: look again later
+            self.timer_at = time.monotonic() + self.server.settings.idle_timeout
         self.timer = self.loop.call_at(self._loop_time(self.timer_at), self._on_timer)
+
+    def _rearm_if_sooner(self) -> None:
+        timer, session = self.timer, self.session
+        assert session is not None
+        if timer is not None and session.deadline() < self.timer_at and not self.finished:
+            timer.cancel()  # a request head began: its deadline comes before the idle one
+            self._arm_timer()
 
     def _loop_time(self, monotonic_deadline: float) -> float:
         return self.loop.time() + (monotonic_deadline - time.monotonic())
@@ -270,7 +280,8 @@ class CoreProtocol(asyncio.BufferedProtocol):
         assert self.session is not None and self.transport is not None
         if self.finished:
             self.transport.close()
-        elif self.session.expired(time.monotonic()) and self.file_task is None:
+        elif (self.session.expired(time.monotonic()) and self.file_task is None
+              and self.ticket is None):
             self.transport.abort()
         else:
             self._arm_timer()
