@@ -20,13 +20,13 @@ futex code (perf: futex_wake 59 %, the futex hash-bucket spinlock 40 %), about
 - the blocking driver closes at once after the peer's FIN instead of draining it.
 
 Then the crowd leaves in about a second and the new client is answered in 0.02
-to 0.5 s in most runs (12 of 16 on a busy 2-core machine). That is the model's
+to 0.9 s in most runs (36 of 39 on a busy 2-core machine). That is the model's
 limit, not a guarantee: when the threads wake faster than the GIL can be handed
 from one to the next, thousands stay runnable on 2 cores, whoever holds the GIL
 or its mutex is preempted among them, and the handoffs collapse into a convoy
-for several seconds (6.6 to 8 s measured) before the crowd drains. Threads still
-give the GIL up at every blocking call; only one computing longer than the
-interval keeps the others waiting longer.
+for several seconds (7.8 s once, over 8 s twice) before the crowd drains.
+Threads still give the GIL up at every blocking call; only one computing longer
+than the interval keeps the others waiting longer.
 """
 
 from __future__ import annotations
