@@ -21,6 +21,8 @@ class Epoll(Backend):
     """One thread, one epoll instance, every connection non-blocking."""
 
     name = "epoll"
+    guestbook = True
+    backend_pool = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--edge", action="store_true",

@@ -21,6 +21,8 @@ class Poll(Backend):
     """One thread, poll(2) over every connection."""
 
     name = "poll"
+    guestbook = True
+    backend_pool = True
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:

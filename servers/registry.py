@@ -61,11 +61,15 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("epoll", "servers.epoll_raw", "event loop", "epoll",
           "single-threaded readiness loop on select.epoll, level-triggered",
           limits="one core per process (--workers N for more)",
-          sendfile=True, event_driven=True),
+          sendfile=True, event_driven=True,
+          guestbook="a pool of up to --backend-pool non-blocking Redis connections in the "
+                    "same poller, one call on each at a time, calls beyond waiting FIFO"),
     Entry("epoll-et", "servers.epoll_raw", "event loop", "epoll (edge-triggered)",
           "the epoll loop with EPOLLET: every ready descriptor drained until EAGAIN",
           limits="one core per process (--workers N for more)",
-          args=("--edge",), sendfile=True, event_driven=True),
+          args=("--edge",), sendfile=True, event_driven=True,
+          guestbook="a pool of up to --backend-pool non-blocking Redis connections in the "
+                    "same poller, one call on each at a time, calls beyond waiting FIFO"),
     Entry("asyncio", "servers.asyncio_srv", "event loop", "epoll (asyncio selector)",
           "asyncio.BufferedProtocol on the stdlib event loop",
           limits="one core per process (--workers N for more)",
@@ -103,12 +107,16 @@ ENTRIES: tuple[Entry, ...] = (
           limits="descriptors above FD_SETSIZE-1 (1023) cannot be watched: such a connection "
                  "is closed at once (logged once) while the others are served; O(n) per "
                  "wake-up; one core per process (--workers N for more)",
-          sendfile=True, event_driven=True),
+          sendfile=True, event_driven=True,
+          guestbook="a pool of up to --backend-pool non-blocking Redis connections in the "
+                    "same poller, one call on each at a time, calls beyond waiting FIFO"),
     Entry("poll", "servers.poll_srv", "event loop", "poll",
           "the shared readiness loop on select.poll, level-triggered",
           limits="the interest array crosses into the kernel on every wake-up (O(n)); "
                  "one core per process (--workers N for more)",
-          sendfile=True, event_driven=True),
+          sendfile=True, event_driven=True,
+          guestbook="a pool of up to --backend-pool non-blocking Redis connections in the "
+                    "same poller, one call on each at a time, calls beyond waiting FIFO"),
     Entry("trio", "servers.trio_srv", "coroutine", "epoll (trio)",
           "trio.serve_listeners, a task per connection, cancel scopes for timeouts "
           "and shutdown",

@@ -23,6 +23,8 @@ class Select(Backend):
     """One thread, select(2) over every connection; descriptors below 1024 only."""
 
     name = "select"
+    guestbook = True
+    backend_pool = True
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:

@@ -9,10 +9,23 @@ reads costs bounded memory. Under edge triggering the loop reads (until a short
 read), writes and accepts until EAGAIN and remembers a paused reader, since no
 new edge will come for it. When accept runs out of descriptors the listener is
 left alone for a pause (:class:`servers.drivers.accepting.AcceptBackoff`).
+
+With ``--redis`` the guestbook's backend calls are performed in the same poller:
+a pool of up to ``--backend-pool`` non-blocking Redis connections, one call on
+each at a time, calls beyond it waiting first in, first out. Which connection
+carries which call, the replies, the waiters, deadlines and failures are kept
+by :class:`servers.drivers.redis_pool.RedisPool`; the loop only connects, writes
+and reads those sockets when the poller says so, and performs the pool's
+effects once per turn, after the events. A client waiting for its call is not
+read (bounded memory) and not expired for idleness (the pool bounds the call);
+one that goes away cancels its call, whose replies are then dropped. Under
+select a Redis socket counts against FD_SETSIZE too: a call that cannot get a
+descriptor below it fails (503) and the loop goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -23,6 +36,7 @@ from collections.abc import Callable
 from servers.core import FileSlice, Session, session_factory
 from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.pollers import Poller
+from servers.drivers.redis_pool import Close, Done, Link, Open, RedisPool, Send
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -47,6 +61,17 @@ class _Conn:
         self.linger_until = 0.0
 
 
+class _RedisSocket:
+    """The loop's side of a pool :class:`~servers.drivers.redis_pool.Link`."""
+
+    __slots__ = ("sock", "fd", "writing")
+
+    def __init__(self, sock: socket.socket, writing: bool) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.writing = writing
+
+
 class ReadinessLoop:
     """Accept, read, feed the core, write: until stopped, then drain and close."""
 
@@ -69,6 +94,9 @@ class ReadinessLoop:
         self._refused_logged = False
         self._backoff = AcceptBackoff()
         self._accept_paused_until = 0.0  # 0: the listener is watched
+        self.pool = RedisPool.for_settings(settings)
+        self._links: dict[int, Link] = {}  # Redis sockets by descriptor
+        self._backend_logged: set[str] = set()
         shortest = min(settings.idle_timeout, settings.header_timeout)
         self._scan_every = min(1.0, max(0.05, shortest / 4))
 
@@ -84,6 +112,11 @@ class ReadinessLoop:
             while True:
                 now = self.clock()
                 if self._stopping and (not self.conns or now >= self._stop_deadline):
+                    if self.pool is not None and self.conns:
+                        # The grace is over: calls still in flight fail, so their clients
+                        # get a 503 (as far as their sockets take it) rather than nothing.
+                        self.pool.close()
+                        self._drive_pool()
                     break
                 if self._accept_paused_until and now >= self._accept_paused_until:
                     self._resume_accepting()
@@ -91,6 +124,8 @@ class ReadinessLoop:
                 wake = next_scan
                 if self._accept_paused_until:
                     wake = min(wake, self._accept_paused_until)
+                if self._stopping:
+                    wake = min(wake, self._stop_deadline)
                 timeout = 0.0 if busy else max(0.0, wake - now)
                 for fd, readable, writable, hangup in self.poller.poll(timeout):
                     if fd == lfd:
@@ -99,9 +134,14 @@ class ReadinessLoop:
                         self._begin_stop()
                     else:
                         conn = self.conns.get(fd)
-                        if conn is not None and writable:
+                        if conn is None:
+                            link = self._links.get(fd)
+                            if link is not None:
+                                self._link_event(link, readable, writable, hangup)
+                            continue
+                        if writable:
                             self._pump(conn)
-                        if readable and self.conns.get(fd) is conn is not None:
+                        if readable and self.conns.get(fd) is conn:
                             self._read(conn, hangup)
                 if self._accept_again and not self._stopping:
                     self._accept()
@@ -113,10 +153,17 @@ class ReadinessLoop:
                 now = self.clock()
                 if now >= next_scan:
                     self._expire(now)
+                    if self.pool is not None:
+                        self.pool.expire(now)
                     next_scan = now + self._scan_every
+                if self.pool is not None and self.pool.has_effects:
+                    self._drive_pool()
         finally:
             for conn in list(self.conns.values()):
                 self._close(conn)
+            if self.pool is not None:
+                self.pool.close()
+                self._drive_pool()
             self.poller.close()
 
     def _begin_stop(self) -> None:
@@ -133,7 +180,7 @@ class ReadinessLoop:
         self._accept_paused_until = 0.0
         self.listener.close()
         for conn in list(self.conns.values()):
-            if conn.out:
+            if conn.out or conn.session.awaiting_backend:
                 conn.session.closing = True  # finish the response in flight, then close
                 self._set_reading(conn, False)
             else:
@@ -193,6 +240,11 @@ class ReadinessLoop:
                 self._drain_lingering(conn)
                 return
             if not conn.reading:
+                if hangup and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    # Reset while not read (waiting for its backend call, or over the
+                    # mark): errors are reported whatever the interest, so drop it now
+                    # rather than be told again on every turn.
+                    self._close(conn)
                 return
             try:
                 n = sock.recv_into(self._buf)
@@ -240,6 +292,10 @@ class ReadinessLoop:
                 return  # closed
             if out or not session.paused or not session.resume(self.clock()):
                 break
+        if self.pool is not None:
+            call = session.take_backend_call()
+            if call is not None:
+                self.pool.submit(conn, call, self.clock())
         if out:
             self._set_writing(conn, True)
             self._set_reading(conn, session.wants_input)
@@ -314,10 +370,13 @@ class ReadinessLoop:
             if conn.lingering:
                 if now >= conn.linger_until:
                     self._close(conn)
-            elif conn.session.expired(now):
+            elif conn.session.expired(now) and not (self.pool is not None
+                                                    and self.pool.busy(conn)):
                 self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
+        if self.pool is not None:
+            self.pool.cancel(conn)
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
             try:
@@ -329,3 +388,148 @@ class ReadinessLoop:
                 item.close()
         conn.out.clear()
         conn.sock.close()
+
+    # -- the backend (Redis) -----------------------------------------------------------
+
+    def _drive_pool(self) -> None:
+        """Perform what the pool asks, until it asks nothing (a finished call's session
+        may queue the next call, whose effects are performed in the same turn)."""
+        assert self.pool is not None
+        while True:
+            effects = self.pool.take_effects()
+            if not effects:
+                return
+            for effect in effects:
+                if isinstance(effect, Done):
+                    self._backend_done(effect.owner, effect.replies)  # type: ignore[arg-type]
+                elif isinstance(effect, Send):
+                    self._link_write(effect.link)
+                elif isinstance(effect, Open):
+                    self._link_open(effect.link)
+                elif isinstance(effect, Close):
+                    self._link_close(effect.link)
+
+    def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
+        if self.conns.get(conn.fd) is not conn:
+            return  # gone meanwhile: the reply is dropped
+        if replies is None:
+            conn.session.backend_failed(self.clock())
+        else:
+            conn.session.backend_replied(replies, self.clock())
+        self._pump(conn)
+
+    def _link_open(self, link: Link) -> None:
+        """Start a non-blocking connect; a unix socket usually connects at once."""
+        assert self.pool is not None and self.settings.redis is not None
+        family, address = self.settings.redis.socket_args()
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._log_backend("socket", f"{self.poller.name}: cannot open a Redis "
+                              f"connection ({exc}); guestbook calls fail (503) meanwhile")
+            self.pool.failed(link, self.clock())
+            return
+        limit = self.poller.max_fd
+        if limit is not None and sock.fileno() > limit:
+            self._log_backend("fd_setsize", f"{self.poller.name}: a Redis connection would "
+                              f"take descriptor {sock.fileno()}, above FD_SETSIZE; guestbook "
+                              f"calls fail (503) until some connections close")
+            sock.close()
+            self.pool.failed(link, self.clock())
+            return
+        try:
+            sock.setblocking(False)
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(address)  # type: ignore[arg-type]
+        except OSError:
+            err = errno.EIO
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.pool.failed(link, self.clock())
+            return
+        handle = _RedisSocket(sock, writing=err != 0)
+        link.handle = handle
+        self._links[handle.fd] = link
+        self.poller.register(handle.fd, err == 0, err != 0)
+        if err == 0:
+            self.pool.connected(link, self.clock())
+
+    def _link_event(self, link: Link, readable: bool, writable: bool, hangup: bool) -> None:
+        assert self.pool is not None
+        if link.connecting:
+            self._link_connect_done(link)
+            return
+        if writable and link.output:
+            self._link_write(link)
+        if readable and link.alive:
+            self._link_read(link, hangup)
+
+    def _link_connect_done(self, link: Link) -> None:
+        assert self.pool is not None
+        sock = link.handle.sock
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.pool.failed(link, self.clock())
+            return
+        try:
+            sock.getpeername()
+        except OSError:
+            return  # not connected yet
+        self._link_interest(link, False)
+        self.pool.connected(link, self.clock())
+
+    def _link_write(self, link: Link) -> None:
+        """Write the call's commands as far as the socket takes them."""
+        assert self.pool is not None
+        if not link.alive or link.connecting:
+            return
+        sock = link.handle.sock
+        try:
+            while link.output:
+                self.pool.sent(link, sock.send(link.output))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.pool.failed(link, self.clock())
+            return
+        self._link_interest(link, bool(link.output))
+
+    def _link_read(self, link: Link, hangup: bool) -> None:
+        assert self.pool is not None
+        sock = link.handle.sock
+        while link.alive:
+            try:
+                n = sock.recv_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                n = 0
+            if n == 0:
+                self.pool.failed(link, self.clock())  # Redis closed it, or it broke
+                return
+            self.pool.received(link, self._view[:n], self.clock())
+            if not self._edge or (n < len(self._buf) and not hangup):
+                return  # as for clients (see _read)
+
+    def _link_interest(self, link: Link, writing: bool) -> None:
+        handle = link.handle
+        if handle.writing != writing:
+            handle.writing = writing
+            self.poller.modify(handle.fd, True, writing)
+
+    def _link_close(self, link: Link) -> None:
+        handle, link.handle = link.handle, None
+        if handle is None:
+            return
+        if self._links.get(handle.fd) is link:
+            del self._links[handle.fd]
+            try:
+                self.poller.unregister(handle.fd)
+            except (OSError, KeyError, ValueError):
+                pass
+        handle.sock.close()
+
+    def _log_backend(self, kind: str, message: str) -> None:
+        if kind not in self._backend_logged:
+            self._backend_logged.add(kind)
+            print(message, file=sys.stderr, flush=True)
