@@ -378,6 +378,70 @@ def test_unload_mid_transfer(port: int, tmp_path: Path) -> None:
             _umount(mnt)
 
 
+def test_every_extension_typed_as_core(port: int, tmp_path: Path) -> None:
+    """A file per extension of Python's table (upper and lower case, with the suffix
+    and encoding maps' extensions), typed as the core types it."""
+    import mimetypes
+
+    types = mimetypes.MimeTypes()
+    exts = set(types.types_map[True]) | set(types.types_map[False])
+    exts |= set(types.suffix_map) | set(types.encodings_map)
+    root = tmp_path / "types"
+    root.mkdir()
+    names = []
+    for ext in sorted(exts):
+        for name in (f"f{ext}", f"F{ext.upper()}", f"g{ext}.gz", f"h.tar{ext}"):
+            if name not in names:
+                names.append(name)
+                _write(root / name, b"", 1_650_000_000)
+    load_root(port, root)
+    with helpers.connect(port) as s:
+        reader = Reader(s)
+        for name in names:
+            target = b"/" + quote_name(name.encode())
+            req = b"HEAD " + target + b" HTTP/1.1\r\n\r\n"
+            s.sendall(req)
+            got = blank_dates(reader.response(head_only=True))
+            assert got == core_answer(root, req)[0], name
+    same_as_core(port, root, b"/")
+
+
+def test_listing_over_the_limit_is_500(port: int, tmp_path: Path) -> None:
+    """A directory whose names total over 1 MiB is answered 500 at once (the core lists
+    it: a documented limit), and the connection goes on."""
+    root = tmp_path / "many"
+    (root / "d").mkdir(parents=True)
+    for i in range(4200):  # 4200 names of 255 bytes: over 1 MiB
+        (root / "d" / (f"{i:06d}" + "n" * 249)).touch()
+    load_root(port, root)
+    with helpers.connect(port) as s:
+        start = time.monotonic()
+        s.sendall(b"GET /d/ HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        reader = Reader(s)
+        over = reader.response(timeout=30.0)
+        assert blank_dates(over) == wire.error_response(500, "-", wire.KEEP)
+        assert status(reader.response(timeout=30.0)) == 200
+        assert time.monotonic() - start < 20.0
+
+
+def test_stalled_download_closed_after_idle_timeout(port: int, tree: Path) -> None:
+    """A client that stops reading a large file is closed once a piece has waited
+    idle_timeout: the worker is not pinned."""
+    load_root(port, tree, idle_timeout=2)
+    s = _stalled_client(port, b"/big.bin")
+    try:
+        time.sleep(6.0)  # 2 s for a piece, and room for a slow guest
+        got = 0
+        s.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+        assert 0 < got < BIG
+    finally:
+        s.close()
+    assert status(ask(port, b"/sub/inner.txt")) == 200
+
+
 def test_root_must_be_a_directory(port: int, tree: Path) -> None:
     for bad in (tree / "index.html", tree / "missing"):
         with pytest.raises((OSError, helpers.Skipped)):
