@@ -190,3 +190,14 @@ def test_oversized_post_is_413_and_nothing_is_called(redis: zredis.PrivateRedis)
     assert session.take_backend_call() is None
     assert responses(drain(session), [False])[0][0] == 413
     assert session.closing
+
+
+def test_idle_clock_pauses_while_a_call_is_pending(redis: zredis.PrivateRedis) -> None:
+    app = HttpApp(Settings(proto="http", redis=redis.addr, idle_timeout=1.0))
+    start = time.monotonic()
+    session = app.new_session(start)
+    session.received(REQUESTS["book"][0], start)
+    assert session.deadline() == float("inf") and not session.expired(start + 3600)
+    session.take_backend_call()
+    session.backend_failed(start + 10)
+    assert session.deadline() == start + 10 + 1.0  # counted again from the answer

@@ -30,6 +30,7 @@ response exists. A driver performs one call of a session at a time.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from abc import ABC, abstractmethod
 from collections import deque
@@ -274,7 +275,11 @@ class Session(ABC):
         return not self._closing and not self._held and not self.blocked
 
     def deadline(self) -> float:
-        """The monotonic time after which :meth:`expired` is true unless activity happens."""
+        """The monotonic time after which :meth:`expired` is true unless activity happens.
+        Infinite while a backend call is pending: the driver bounds the call itself, and the
+        idle clock starts again when the call is answered."""
+        if self._order:
+            return math.inf
         return self._last_activity + self.settings.idle_timeout
 
     def expired(self, now: float) -> bool:
