@@ -10,6 +10,7 @@ graceful stop with calls in flight. Real sockets, a private Redis (whose own
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import signal
 import socket
@@ -21,9 +22,10 @@ import pytest
 
 from bench import redis as zredis
 from servers.core.guestbook import VISITS_KEY
+from servers.drivers.blocking_backend import REPLY_SLACK
 from servers.registry import BY_NAME, Entry
 from tests.servers import running_server
-from tests.test_guestbook_servers import read_responses, status
+from tests.test_guestbook_servers import exchange, read_responses, status
 
 LOOPS = [BY_NAME[name] for name in ("asyncio", "uvloop", "trio")]
 GET = b"GET /guestbook HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -203,6 +205,34 @@ def test_waiting_for_redis_is_not_idle(entry: Entry, redis: zredis.PrivateRedis)
             assert s.recv(65536) == b""  # idle again: closed by the idle timeout
             assert time.monotonic() - start < 5
         no_traceback(srv)
+
+
+def test_redis_too_slow_gives_503_then_recovers(redis: zredis.PrivateRedis) -> None:
+    """Redis paused (CLIENT PAUSE) past the reply timeout (the wait, 0 here, + 5 s):
+    every loop answers 503 at its timeout, then 200 on a new connection. The three
+    servers share one pause, so the test waits once."""
+    pause = 9.0
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(running_server(e, "http", "--redis", str(redis.addr)))
+                   for e in LOOPS]
+        for srv in servers:
+            assert status(exchange(srv.port, GET)[0]) == 200  # a connection in each pool
+        socks = [stack.enter_context(srv.connect()) for srv in servers]
+        with zredis.Client(redis.addr) as c:
+            assert c.call("CLIENT", "PAUSE", str(int(pause * 1000)), "ALL") == b"OK"
+        paused_at = time.monotonic()
+        for s in socks:
+            s.sendall(GET)
+        for srv, s in zip(servers, socks, strict=True):
+            (answer,) = read_responses(s, 1, timeout=pause + 5)
+            took = time.monotonic() - paused_at
+            assert status(answer) == 503, srv.entry.name
+            assert REPLY_SLACK * 0.95 <= took < pause, f"{srv.entry.name}: {took:.1f} s"
+        with zredis.Client(redis.addr, timeout=pause + 5) as c:
+            assert c.call("PING") == b"PONG"  # the pause is over
+        for srv in servers:
+            assert status(exchange(srv.port, GET)[0]) == 200, srv.entry.name
+            no_traceback(srv)
 
 
 @pytest.mark.parametrize("entry", LOOPS, ids=[e.name for e in LOOPS])

@@ -17,17 +17,17 @@ pause, then accepting again (the stdlib loop logs a traceback per attempt and
 libuv accepts and drops connections while it lasts).
 
 A backend call (the guestbook's Redis) goes to the loop's
-:class:`~servers.drivers.aio_backend.AioRedisPool`: Redis protocols on the same
+:class:`~servers.drivers.aio_backend.AioBackend`: Redis protocols on the same
 loop, one call on each connection at a time. While the call is pending the
 session wants no input, so reading from that client pauses; the answer comes back
-as a callback that hands the replies to the session and pumps again (a pipelined
-request may have queued the next call). Reading being paused, a client's reset
-is seen when its answer is written; a connection that ends while its call is
-pending (aborted at the end of a stop's grace) withdraws the call: a queued one
-is dropped unsent, the replies of one in flight are discarded. A client waiting
-for its answer is not idle: the call's own bounds (connect, reply timeout) make
-sure it gets one, if only a 503. A graceful stop lets pending calls finish
-within the grace, then closes the pool.
+through :meth:`CoreProtocol.backend_done`, which hands the replies to the session
+and pumps again (a pipelined request may have queued the next call). Reading
+being paused, a client's reset is seen when its answer is written; a connection
+that ends while its call is pending (aborted at the end of a stop's grace)
+cancels the call: a queued one is dropped unsent, the replies of one in flight
+are discarded. A client waiting for its answer is not idle: the pool's own
+bounds (connect, queue wait, reply timeout) make sure it gets one, if only a
+503. A graceful stop lets pending calls finish within the grace, then closes the pool.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from collections import deque
 from servers.core import FileSlice, Session, Write, session_factory
 from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import AcceptBackoff
-from servers.drivers.aio_backend import AioRedisPool, Ticket
+from servers.drivers.aio_backend import AioBackend
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -59,7 +59,7 @@ class _Server:
         self.connections: set[CoreProtocol] = set()
         self.stopping = False
         self.all_closed: asyncio.Event | None = None
-        self.backend = AioRedisPool.for_settings(settings)
+        self.backend = AioBackend.for_settings(settings)
         # The stdlib loop has a real sendfile; uvloop raises NotImplementedError.
         self.native_sendfile = isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
 
@@ -79,7 +79,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         self.read_paused = False
         self.finished = False
         self.drained: asyncio.Future[None] | None = None
-        self.ticket: Ticket | None = None  # the backend call in flight
+        self.awaiting = False  # a backend call of ours is in the pool
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -133,10 +133,10 @@ class CoreProtocol(asyncio.BufferedProtocol):
             self.timer.cancel()
         if self.file_task is not None:
             self.file_task.cancel()
-        if self.ticket is not None:
+        if self.awaiting:
             assert self.server.backend is not None
-            self.server.backend.withdraw(self.ticket)  # its client is gone: drop the answer
-            self.ticket = None
+            self.server.backend.cancel(self)  # its client is gone: drop the answer
+            self.awaiting = False
         for item in self.queue:
             if isinstance(item, FileSlice):
                 item.close()
@@ -158,7 +158,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
             if (self.queue or self.file_task is not None or self.drained is not None
                     or not session.paused or not session.resume(time.monotonic())):
                 break
-        if self.ticket is None:
+        if not self.awaiting:
             call = session.take_backend_call()
             if call is not None:
                 self._perform(call)
@@ -174,10 +174,12 @@ class CoreProtocol(asyncio.BufferedProtocol):
     def _perform(self, call: BackendCall) -> None:
         backend = self.server.backend
         assert backend is not None  # a session makes calls only with --redis
-        self.ticket = backend.perform(call, self._backend_done)
+        self.awaiting = True
+        backend.perform(self, call)
 
-    def _backend_done(self, replies: list[object] | None) -> None:
-        self.ticket = None
+    def backend_done(self, replies: list[object] | None) -> None:
+        """The pool's answer to our call: replies, or None when Redis could not answer."""
+        self.awaiting = False
         session, transport = self.session, self.transport
         assert session is not None and transport is not None
         if transport.is_closing():
@@ -260,7 +262,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
 
     def _arm_timer(self) -> None:
         assert self.session is not None
-        if self.ticket is None:
+        if not self.awaiting:
             self.timer_at = self.session.deadline()
         else:  # a client waiting for its backend answer is not idle: look again later
             self.timer_at = time.monotonic() + self.server.settings.idle_timeout
@@ -281,7 +283,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         if self.finished:
             self.transport.close()
         elif (self.session.expired(time.monotonic()) and self.file_task is None
-              and self.ticket is None):
+              and not self.awaiting):
             self.transport.abort()
         else:
             self._arm_timer()
@@ -290,7 +292,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         """Graceful stop: close now if idle, else after the response in flight."""
         assert self.transport is not None and self.session is not None
         self.session.closing = True
-        idle = self.file_task is None and not self.queue and self.ticket is None
+        idle = self.file_task is None and not self.queue and not self.awaiting
         if idle and self.transport.get_write_buffer_size() == 0:
             self.transport.close()
         else:
