@@ -81,6 +81,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.symlink("../outside", root / "out-rel")
     os.symlink("../secret.txt", root / "out-file")
     os.symlink("/proc/self/root", root / "magic")
+    # Inside the root only if an absolute link were read relative to it (a chroot).
+    os.symlink("/sub/inner.txt", root / "abs-in")
     os.symlink("../../outside/secret.txt", root / "sub" / "out-deep")
     os.mkfifo(root / "fifo")
     os.mknod(root / "devnull", 0o600 | 0o020000, os.makedev(1, 3))  # char 1:3 (/dev/null)
@@ -248,8 +250,8 @@ TRAVERSAL = [
     b"/%25252e%25252e/secret.txt", b"//etc/passwd", b"/%2fetc%2fpasswd", b"///etc/passwd",
     b"/out-abs/passwd", b"/out-abs/", b"/out-abs-dir/secret.txt", b"/out-abs-dir/",
     b"/out-rel/secret.txt", b"/out-rel/", b"/out-file", b"/sub/out-deep", b"/magic/etc/passwd",
-    b"/magic/", b"/link-to-dir/../../secret.txt", b"/index.html%00", b"/%00/../secret.txt",
-    b"/sub/%00", b"http://host/../secret.txt", b"http://host/%2e%2e/secret.txt",
+    b"/magic/", b"/abs-in", b"/link-to-dir/../../secret.txt", b"/index.html%00",
+    b"/%00/../secret.txt", b"/sub/%00", b"http://host/../secret.txt", b"http://host/%2e%2e/secret.txt",
     b"/" + b"../" * 40 + b"etc/passwd", b"/" + b"%2e%2e%2f" * 40 + b"etc/passwd",
 ]
 
@@ -440,6 +442,12 @@ def test_stalled_download_closed_after_idle_timeout(port: int, tree: Path) -> No
     finally:
         s.close()
     assert status(ask(port, b"/sub/inner.txt")) == 200
+
+
+def test_load_message_names_the_confinement(served: int, tree: Path) -> None:
+    line = [ln for ln in helpers.dmesg().splitlines()
+            if f"khttpd: listening on port {served}, serving {tree} " in ln][-1]
+    assert "(lookups confined by LOOKUP_BENEATH)" in line, line
 
 
 def test_root_must_be_a_directory(port: int, tree: Path) -> None:
