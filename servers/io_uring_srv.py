@@ -29,6 +29,24 @@ pipe is watched with a poll operation on the ring, so a signal ends the wait.
 Running out of descriptors at accept pauses accepting
 (:class:`servers.drivers.accepting.AcceptBackoff`).
 
+With ``--redis`` the guestbook's backend calls go through the same ring: a
+pool of up to ``--backend-pool`` Redis connections per loop, one call on each at
+a time, calls beyond it waiting first in, first out
+(:class:`servers.drivers.redis_pool.RedisPool` keeps that bookkeeping, free of
+I/O). A Redis connection's connect, send and recv are submitted to the ring and
+handled on completion like a client's: the connect as a ring operation on TCP
+(a host name is resolved once, at start), then one single-shot recv kept armed
+into a buffer the connection owns (16 KiB: Redis only answers what it was
+asked, so the shared provided-buffer ring is left to the clients), and the
+call's commands in one send. The binding takes no AF_UNIX address, so a unix
+socket is connected by a non-blocking ``connect(2)``: it completes at once, or
+says EAGAIN while Redis's accept backlog is full and is tried again every 2 ms,
+within the pool's connect timeout. A client waiting for its call is not read
+(bounded memory) and not idle (its session's clock pauses; the pool bounds the
+call); one that goes away cancels its call, whose replies are then dropped. On a graceful
+stop, calls still in flight at the end of the grace fail, and their clients get
+a 503 in one last short turn before the loop closes.
+
 The kernel is probed at start (:meth:`IoUring.prepare`): the binding must load
 its native part, a ring must open and an operation complete, else the server
 exits 1 with one line saying why.
@@ -51,6 +69,7 @@ from servers.backend import Backend, UsageError
 from servers.cli import main
 from servers.core import FileSlice, Session, session_factory
 from servers.drivers.accepting import AcceptBackoff
+from servers.drivers.redis_pool import Close, Done, Link, Open, RedisPool, Send
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -61,6 +80,9 @@ _GROUP_BUFFER_SIZE = 16 * 1024
 _GROUP_BUFFERS = 1024  # shared in multishot mode: 16 MiB whatever the connection count
 _SEND_JOIN = 256 * 1024  # queued bytes joined into one send, at most
 _FILE_CHUNK = 256 * 1024  # allocated per connection on its first file, kept
+_REDIS_RECV_SIZE = 16 * 1024  # per Redis connection: 1,024 of them = 16 MiB
+_LAST_WORDS = 0.2  # after the grace: seconds for the 503s of calls failed at the stop
+_CONNECT_RETRY = 0.002  # a unix connect refused for a full backlog: tried again after
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 _MORE = 1 << 1  # IORING_CQE_F_MORE
 
@@ -144,6 +166,23 @@ class _Conn:
         self.linger_until = 0.0
 
 
+class _RedisConn:
+    """The loop's side of a pool :class:`~servers.drivers.redis_pool.Link`: its socket
+    and the ring operations in flight on it (each completion names this object)."""
+
+    __slots__ = ("link", "sock", "fd", "buf", "connect_op", "recv_op", "sending", "closed")
+
+    def __init__(self, link: Link, sock: socket.socket) -> None:
+        self.link = link
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf: bytearray | None = None  # allocated once connected
+        self.connect_op: Any = None
+        self.recv_op: Any = None
+        self.sending: memoryview | None = None
+        self.closed = False
+
+
 class UringLoop:
     """Submit, wait, dispatch completions: until stopped, then drain and close."""
 
@@ -173,6 +212,12 @@ class UringLoop:
         self.kind_recv = (uring.COMPLETION_KIND_RECV, uring.COMPLETION_KIND_RECV_MULTISHOT)
         self.kind_send = uring.COMPLETION_KIND_SEND
         self.kind_read = uring.COMPLETION_KIND_READ
+        self.kind_connect = uring.COMPLETION_KIND_CONNECT
+        self.pool = RedisPool.for_settings(settings)
+        self.pool_closed = False
+        self.backend_logged: set[str] = set()
+        self.redis_target = self._redis_target() if self.pool is not None else None
+        self.redis_retry: list[_RedisConn] = []  # unix connects to try again (EAGAIN)
         shortest = min(settings.idle_timeout, settings.header_timeout)
         self.scan_every = min(1.0, max(0.05, shortest / 4))
 
@@ -190,6 +235,16 @@ class UringLoop:
             while True:
                 now = self.clock()
                 if self.stopping and (not self.conns or now >= self.stop_deadline):
+                    if self.pool is not None and not self.pool_closed:
+                        # The grace is over: calls still in flight fail, and their
+                        # clients get a 503 in one last short turn, not a silent close.
+                        self.pool_closed = True
+                        in_flight = any(self.pool.busy(conn) for conn in self.conns)
+                        self.pool.close()
+                        self._drive_pool()
+                        if in_flight and self.conns:
+                            self.stop_deadline = now + _LAST_WORDS
+                            continue
                     break
                 if self.accept_resume_at and now >= self.accept_resume_at:
                     self.accept_resume_at = 0.0
@@ -199,6 +254,10 @@ class UringLoop:
                 wake = next_scan
                 if self.accept_resume_at:
                     wake = min(wake, self.accept_resume_at)
+                if self.stopping:
+                    wake = min(wake, self.stop_deadline)
+                if self.redis_retry:
+                    wake = min(wake, now + _CONNECT_RETRY)
                 try:
                     batch = ring.wait(max(0.0, wake - now))
                 except InterruptedError:
@@ -214,6 +273,10 @@ class UringLoop:
                             self._on_read(c)
                         else:
                             self._on_other(c)
+                if self.redis_retry:
+                    self._retry_connects()
+                if self.pool is not None and self.pool.has_effects:
+                    self._drive_pool()
                 if self.needs_submit:
                     # Cancels queued without a waiter are not flushed by wait(): submit now.
                     self.needs_submit = False
@@ -221,15 +284,24 @@ class UringLoop:
                 now = self.clock()
                 if now >= next_scan:
                     self._expire(now)
+                    if self.pool is not None:
+                        self.pool.expire(now)
+                        self._drive_pool()
                     next_scan = now + self.scan_every
         finally:
             for conn in list(self.conns):
                 self._close(conn)
+            if self.pool is not None:
+                self.pool.close()
+                self._drive_pool()
             if self.group is not None:
                 self.group.close()
             ring.close()
 
     def _on_other(self, c: Any) -> None:
+        if c.kind == self.kind_connect:
+            self._on_redis_connect(c)
+            return
         token = c.user_data
         if token is _ACCEPT:
             self._on_accept(c)
@@ -296,7 +368,8 @@ class UringLoop:
             self.accept_op = None
         self.accept_resume_at = 0.0
         for conn in list(self.conns):
-            if conn.out or conn.sending is not None or conn.file_read is not None:
+            if (conn.out or conn.sending is not None or conn.file_read is not None
+                    or conn.session.awaiting_backend):
                 conn.session.closing = True  # finish the response in flight, then close
                 self._stop_reading(conn)
             else:
@@ -328,6 +401,9 @@ class UringLoop:
 
     def _on_recv(self, c: Any) -> None:
         conn: _Conn = c.user_data
+        if conn.__class__ is _RedisConn:
+            self._on_redis_recv(c)
+            return
         res = c.res
         multishot = self.group is not None
         if res > 0 and not conn.closed and not conn.lingering:
@@ -392,7 +468,12 @@ class UringLoop:
     # -- sending -----------------------------------------------------------------------
 
     def _pump(self, conn: _Conn, eof: bool = False) -> None:
-        """Queue the session's output, start a send if none is in flight, finish if done."""
+        """Hand a backend call the session queued to the pool; queue the session's
+        output, start a send if none is in flight, finish if done."""
+        if self.pool is not None:
+            call = conn.session.take_backend_call()
+            if call is not None:
+                self.pool.submit(conn, call, self.clock())  # performed after the batch
         writes = conn.session.take_output()
         if (len(writes) == 1 and conn.sending is None and conn.file_read is None
                 and not conn.out and type(writes[0]) is bytes):
@@ -462,6 +543,9 @@ class UringLoop:
 
     def _on_send(self, c: Any) -> None:
         conn: _Conn = c.user_data
+        if conn.__class__ is _RedisConn:
+            self._on_redis_send(c)
+            return
         if conn.closed:
             return
         res = c.res
@@ -518,6 +602,8 @@ class UringLoop:
             return
         conn.closed = True
         self.conns.discard(conn)
+        if self.pool is not None:
+            self.pool.cancel(conn)  # a call in flight: its replies are dropped
         for item in conn.out:
             if isinstance(item, FileSlice):
                 item.close()
@@ -535,11 +621,190 @@ class UringLoop:
             self.ring.submit()
         conn.sock.close()
 
+    # -- the backend (Redis) on the same ring -----------------------------------------
+
+    def _redis_target(self) -> tuple[int, object] | None:
+        """Family and address to connect to: a host name is resolved once, here, so that
+        no lookup ever blocks the loop (the ring's connect takes numeric addresses)."""
+        assert self.settings.redis is not None
+        family, address = self.settings.redis.socket_args()
+        if family == socket.AF_UNIX:
+            return family, address
+        host, port = address  # type: ignore[misc]
+        try:
+            infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._log_backend("resolve", f"io_uring: cannot resolve the Redis host {host!r} "
+                                         f"({exc}); guestbook calls fail (503)")
+            return None
+        return family, infos[0][4][:2]
+
+    def _drive_pool(self) -> None:
+        """Perform what the pool asks, until it asks nothing (a finished call's session
+        may queue the next call, whose effects are performed in the same turn)."""
+        assert self.pool is not None
+        while True:
+            effects = self.pool.take_effects()
+            if not effects:
+                return
+            for effect in effects:
+                if isinstance(effect, Done):
+                    self._backend_done(effect.owner, effect.replies)  # type: ignore[arg-type]
+                elif isinstance(effect, Send):
+                    self._redis_send(effect.link)
+                elif isinstance(effect, Open):
+                    self._redis_open(effect.link)
+                elif isinstance(effect, Close):
+                    self._redis_close(effect.link)
+
+    def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
+        if conn.closed:
+            return  # gone meanwhile: the replies are dropped
+        if replies is None:
+            conn.session.backend_failed(self.clock())
+        else:
+            conn.session.backend_replied(replies, self.clock())
+        self._pump(conn)
+        if not conn.closed and conn.recv_op is None and self._wants_input(conn):
+            self._arm_recv(conn)
+
+    def _redis_open(self, link: Link) -> None:
+        """A new Redis socket; TCP connects on the ring, a unix socket at once."""
+        assert self.pool is not None
+        if not link.alive:
+            return  # failed before it was opened (the pool closed)
+        if self.redis_target is None:
+            self.pool.failed(link, self.clock())
+            return
+        family, address = self.redis_target
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            self._log_backend("socket", f"io_uring: cannot open a Redis connection ({exc}); "
+                                        "guestbook calls fail (503) meanwhile")
+            self.pool.failed(link, self.clock())
+            return
+        handle = _RedisConn(link, sock)
+        link.handle = handle
+        if family == socket.AF_UNIX:
+            self._unix_connect(handle, address)
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        handle.connect_op = self.ring.prepare_connect(handle.fd, address, handle)
+
+    def _unix_connect(self, handle: _RedisConn, address: object) -> None:
+        """Never blocks: a unix connect completes at once, fails, or says EAGAIN (Redis's
+        accept backlog is full: tried again shortly, until the pool's connect timeout
+        fails the link). The socket is blocking again for the ring's operations."""
+        assert self.pool is not None
+        sock = handle.sock
+        sock.setblocking(False)
+        err = sock.connect_ex(address)  # type: ignore[arg-type]
+        sock.setblocking(True)
+        if err == errno.EAGAIN:
+            self.redis_retry.append(handle)
+        elif err:
+            self.pool.failed(handle.link, self.clock())
+        else:
+            self._redis_connected(handle)
+
+    def _retry_connects(self) -> None:
+        assert self.redis_target is not None
+        address = self.redis_target[1]
+        pending, self.redis_retry = self.redis_retry, []
+        for handle in pending:
+            if not handle.closed and handle.link.alive:
+                self._unix_connect(handle, address)
+
+    def _on_redis_connect(self, c: Any) -> None:
+        handle: _RedisConn = c.user_data
+        handle.connect_op = None
+        if handle.closed or not handle.link.alive:
+            return
+        assert self.pool is not None
+        if c.res < 0:
+            self.pool.failed(handle.link, self.clock())
+        else:
+            self._redis_connected(handle)
+
+    def _redis_connected(self, handle: _RedisConn) -> None:
+        """Keep a recv armed from now on (Redis closing an idle connection shows too)."""
+        assert self.pool is not None
+        handle.buf = bytearray(_REDIS_RECV_SIZE)
+        handle.recv_op = self.ring.prepare_recv(handle.fd, handle.buf, 0, handle)
+        self.pool.connected(handle.link, self.clock())
+
+    def _redis_send(self, link: Link) -> None:
+        """Send the call's commands (what is left of them), one send in flight at most."""
+        handle: _RedisConn | None = link.handle
+        if (handle is None or handle.closed or handle.sending is not None
+                or not link.alive or link.connecting or not link.output):
+            return
+        handle.sending = link.output
+        self.ring.prepare_send(handle.fd, handle.sending, _MSG_NOSIGNAL, handle)
+
+    def _on_redis_send(self, c: Any) -> None:
+        handle: _RedisConn = c.user_data
+        handle.sending = None
+        link = handle.link
+        if handle.closed or not link.alive:
+            return
+        assert self.pool is not None
+        if c.res < 0:
+            self.pool.failed(link, self.clock())
+            return
+        self.pool.sent(link, c.res)
+        self._redis_send(link)  # a short send: the rest
+
+    def _on_redis_recv(self, c: Any) -> None:
+        handle: _RedisConn = c.user_data
+        handle.recv_op = None
+        link = handle.link
+        if handle.closed or not link.alive:
+            return
+        assert self.pool is not None and handle.buf is not None
+        res = c.res
+        if res <= 0:
+            self.pool.failed(link, self.clock())  # Redis closed it, or it broke
+            return
+        self.pool.received(link, memoryview(handle.buf)[:res], self.clock())  # copied
+        if link.alive:
+            handle.recv_op = self.ring.prepare_recv(handle.fd, handle.buf, 0, handle)
+
+    def _redis_close(self, link: Link) -> None:
+        handle: _RedisConn | None = link.handle
+        link.handle = None
+        if handle is None or handle.closed:
+            return
+        handle.closed = True
+        busy = False
+        if handle.connect_op is not None:
+            self.ring.prepare_cancel_nowait(handle.connect_op)
+            busy = True
+        if handle.recv_op is not None or handle.sending is not None:
+            # As for a client (see _close): shutting the socket down ends the operations
+            # that hold it, whose completions then find the handle closed.
+            try:
+                handle.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            busy = True
+        if busy:
+            self.ring.submit()  # before the descriptor's number can be reused
+        handle.sock.close()
+
+    def _log_backend(self, kind: str, message: str) -> None:
+        if kind not in self.backend_logged:
+            self.backend_logged.add(kind)
+            print(message, file=sys.stderr, flush=True)
+
 
 class IoUring(Backend):
     """Completion-based: accept, recv and send submitted to io_uring."""
 
     name = "io_uring"
+    guestbook = True  # the Redis I/O on the same ring
+    backend_pool = True  # up to --backend-pool Redis connections per loop
 
     def __init__(self) -> None:
         self.features: dict[str, bool] = {}

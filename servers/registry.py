@@ -139,13 +139,19 @@ ENTRIES: tuple[Entry, ...] = (
           limits="needs io_uring (probed at start: exits 1 with the reason if unavailable; "
                  "single-shot recv where the kernel lacks multishot); files by read + send, "
                  "both on the ring; one core per process (--workers N for more)",
-          sendfile=False, event_driven=True),
+          sendfile=False, event_driven=True,
+          guestbook="a pool of up to --backend-pool Redis connections per loop whose "
+                    "connect, send and recv are submitted to the same ring, one call on "
+                    "each at a time, calls beyond waiting FIFO"),
     Entry("io_uring-single", "servers.io_uring_srv", "completion loop", "io_uring",
           "the io_uring loop with a single-shot recv into a buffer per connection, "
           "re-armed after each completion",
           limits="as io_uring, plus an 8 KiB receive buffer per open connection "
                  "(80 MiB at 10,000 clients)",
-          args=("--recv", "single"), sendfile=False, event_driven=True),
+          args=("--recv", "single"), sendfile=False, event_driven=True,
+          guestbook="a pool of up to --backend-pool Redis connections per loop whose "
+                    "connect, send and recv are submitted to the same ring, one call on "
+                    "each at a time, calls beyond waiting FIFO"),
     Entry("c-epoll", "servers.c_epoll", "event loop", "epoll",
           "a small C epoll server (servers._cepoll): the native user-space ceiling the "
           "Python servers and the kernel modules are measured against",
