@@ -3,13 +3,17 @@
 A :class:`TrioRedisPool` belongs to one ``trio.run``. Its connections are trio
 streams (``trio.open_tcp_stream`` / ``trio.open_unix_socket``). The task of the
 client connection that needs a call performs it itself
-(:meth:`TrioRedisPool.perform`): it takes an idle Redis stream, or opens one while
-fewer than ``--backend-pool`` are open or opening, or else queues (FIFO) until a
-task hands it a stream or a free slot; it writes the commands and reads until the
-replies are complete, under a cancel scope of the backend wait plus
+(:meth:`TrioRedisPool.perform`): it takes an idle Redis stream, or opens one
+while fewer than ``--backend-pool`` are open or opening, or else queues (FIFO)
+until a task hands it a stream or a free slot; it writes the commands and reads
+until the replies are complete, under a cancel scope of the backend wait plus
 :data:`~servers.drivers.blocking_backend.REPLY_SLACK`; then it puts the stream
 back. A BLPOP (the backend wait) holds its stream for W ms, so a stream carries
-one call at a time.
+one call at a time. The limits are those of the event loops' shared
+:class:`servers.drivers.redis_pool.RedisPool` (connect 2 s, a queued call waits
+at most the reply timeout, replies within it); that state machine is not used
+here because it wants one reactor to perform every connection's I/O, while in
+trio each call's own task does its I/O and keeps its state across its awaits.
 
 A stream that failed (Redis unreachable, closed, too slow, garbage:
 ``hiredis.ProtocolError``) is closed and the call raises
@@ -137,16 +141,20 @@ class TrioRedisPool:
         waiter = _Waiter()
         self.waiting.append(waiter)
         try:
-            await waiter.event.wait()
-        except BaseException:  # cancelled while queued: pass on what it was handed
-            if waiter.stream is not None:
-                self._release(waiter.stream)
-            elif waiter.slot:
-                self.size -= 1
-                self._hand_slot()
-            else:
-                self.waiting.remove(waiter)
-            raise
+            with trio.fail_after(self.reply_timeout):
+                try:
+                    await waiter.event.wait()
+                except BaseException:  # cancelled while queued: pass on what it was handed
+                    if waiter.stream is not None:
+                        self._release(waiter.stream)
+                    elif waiter.slot:
+                        self.size -= 1
+                        self._hand_slot()
+                    else:
+                        self.waiting.remove(waiter)
+                    raise
+        except trio.TooSlowError:
+            raise BackendUnavailable("no Redis connection free in time") from None
         if waiter.stream is not None:
             return waiter.stream
         return await self._open()
