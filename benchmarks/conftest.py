@@ -16,14 +16,19 @@ configuration serves both commands, each doing what its words say:
 bottleneck, about a minute, sensitive to other load) is collected only when it
 is named on the command line: ``pytest benchmarks/test_loadgen_ceiling.py``.
 
-Each (server, workload) param starts its server once, through the registry argv
+Workloads: ``echo`` and ``http`` for every server that speaks them, and
+``guestbook`` (GET /guestbook, no backend wait) for every server with a guestbook,
+against one private ``redis-server`` started for the session when the first
+guestbook benchmark runs (skipped with the reason if none can start). Each
+(server, workload) param starts its server once, through the registry argv
 and pinned to the server's cores (:mod:`bench.runner`), and stops it after the
 module (a server that does not stop cleanly gives a warning). A server this
 machine cannot run is skipped with its reason: a kernel entry that cannot load
 its module here (exit status 3), with the command that runs it in the QEMU
 guest; a backend whose start-up probe refuses (``cannot start:``, e.g. no
 io_uring). The sizes can be changed through the environment:
-``ZOO_BENCH_REQUESTS`` (requests per round, default 5000),
+``ZOO_BENCH_REQUESTS`` (requests per round, default 4000),
+``ZOO_BENCH_GUESTBOOK_REQUESTS`` (the same for the guestbook, default 500),
 ``ZOO_BENCH_ROUNDS`` (measured rounds, default 5, after one warm-up round) and
 ``ZOO_BENCH_CONCURRENCY`` (default 50; servers that serve one client at a time
 get 1). With these defaults the whole run takes about 2 minutes on 2 cores.
@@ -37,11 +42,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import runner
+from bench import redis, runner
 from servers.cli import raise_descriptor_limit
 from servers.registry import BY_NAME, ENTRIES
 
-WORKLOADS = ("echo", "http")
+WORKLOADS = ("echo", "http", "guestbook")
 HERE = Path(__file__).resolve().parent
 CEILING = HERE / "test_loadgen_ceiling.py"
 RUN_HINT = "a benchmark: runs with `pytest --benchmark-only`"
@@ -97,9 +102,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def cases() -> list[tuple[str, str]]:
-    """(server, workload) for every registry entry and the workloads it speaks."""
+    """(server, workload) for every registry entry and the workloads it serves."""
     return [(entry.name, workload) for entry in ENTRIES for workload in WORKLOADS
-            if runner.protocol_of(workload) in entry.protocols]
+            if runner.protocol_of(workload) in entry.protocols
+            and (workload != "guestbook" or entry.guestbook)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -111,16 +117,42 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              ids=[f"{name}-{workload}" for name, workload in pairs])
 
 
+@pytest.fixture(scope="session")
+def zoo_redis() -> Iterator[redis.RedisAddr]:
+    """A private redis-server for the guestbook benchmarks (skipped if none starts)."""
+    try:
+        private = redis.PrivateRedis()
+    except redis.RedisError as exc:
+        pytest.skip(f"guestbook: {exc}")
+    try:
+        private.start()
+    except (redis.RedisError, OSError) as exc:
+        private.close()
+        pytest.skip(f"guestbook: no Redis: {exc}")
+    try:
+        yield private.addr
+    finally:
+        private.close()
+
+
 @pytest.fixture(scope="module")
-def zoo_server(server: str, workload: str) -> Iterator[tuple[runner.Server, runner.Target, str]]:
+def zoo_server(
+    request: pytest.FixtureRequest, server: str, workload: str,
+) -> Iterator[tuple[runner.Server, runner.Target, str]]:
     """A started server for one (server, workload); stopped (and checked) afterwards."""
     entry = BY_NAME[server]
-    target = runner.Target(entry.name, tuple(entry.argv), entry.kind,
-                           tuple(entry.protocols), entry.concurrent)
+    target = runner.Target(entry.name, tuple(entry.argv), entry.kind, tuple(entry.protocols),
+                           entry.concurrent, guestbook=bool(entry.guestbook))
+    settings = runner.Settings()
+    if workload == "guestbook":
+        settings = runner.Settings(redis=str(request.getfixturevalue("zoo_redis")))
+    extra, why = runner.app_args(target, workload, settings)
+    if extra is None:
+        pytest.skip(f"{server}: {why}")
     server_cpus, _ = runner.split_cpus()
     try:
-        started = runner.start_server(target, runner.protocol_of(workload), runner.Settings(),
-                                      server_cpus)
+        started = runner.start_server(target, runner.protocol_of(workload), settings,
+                                      server_cpus, extra=extra)
     except runner.StartFailure as exc:
         if exc.skipped and entry.kind == "kernel":
             nodeid = f"benchmarks/test_zoo.py::test_zoo[{server}-{workload}]"

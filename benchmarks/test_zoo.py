@@ -1,4 +1,4 @@
-"""pytest-benchmark benchmarks: every server of the registry, echo and HTTP.
+"""pytest-benchmark benchmarks: every server of the registry, echo, HTTP and guestbook.
 
 Run with ``pytest --benchmark-only`` from the repository root (about 2 minutes on
 2 cores; plain ``pytest`` skips them, see ``conftest.py``). Each round sends a
@@ -22,7 +22,8 @@ from bench import runner
 
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
 # The default size (see conftest.py): about 2 minutes for the whole zoo on 2 cores.
-DEFAULT_REQUESTS = 5000
+DEFAULT_REQUESTS = 4000
+DEFAULT_GUESTBOOK_REQUESTS = 500  # each one waits on a Redis round trip
 DEFAULT_ROUNDS = 5
 DEFAULT_CONCURRENCY = 50
 
@@ -39,7 +40,10 @@ def env_int(name: str, default: int) -> int:
 def test_zoo(benchmark: Any, zoo_server: tuple[runner.Server, runner.Target, str]) -> None:
     """One (server, workload): fixed-size rounds of the load generator, timed."""
     server, target, workload = zoo_server
-    requests = env_int("ZOO_BENCH_REQUESTS", DEFAULT_REQUESTS)
+    if workload == "guestbook":
+        requests = env_int("ZOO_BENCH_GUESTBOOK_REQUESTS", DEFAULT_GUESTBOOK_REQUESTS)
+    else:
+        requests = env_int("ZOO_BENCH_REQUESTS", DEFAULT_REQUESTS)
     rounds = env_int("ZOO_BENCH_ROUNDS", DEFAULT_ROUNDS)
     connections = env_int("ZOO_BENCH_CONCURRENCY", DEFAULT_CONCURRENCY) if target.concurrent else 1
     _, client_cpus = runner.split_cpus()
