@@ -318,6 +318,7 @@ static bool khttpd_fill(struct dir_context *ctx, const char *name, int namlen,
 	size_t cap;
 	int err;
 
+	d->added++;	/* "." and ".." too: the pass was not empty */
 	if (namlen == 1 && name[0] == '.')
 		return true;
 	if (namlen == 2 && name[0] == '.' && name[1] == '.')
@@ -346,7 +347,6 @@ static bool khttpd_fill(struct dir_context *ctx, const char *name, int namlen,
 	e->dir = d_type == DT_DIR;
 	memcpy(ls->names + ls->names_len, name, namlen);
 	ls->names_len += namlen;
-	d->added++;
 	return true;
 }
 
