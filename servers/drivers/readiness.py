@@ -42,6 +42,7 @@ from servers.stop import StopSignal
 
 _ACCEPT_BATCH = 64
 _SENDFILE_CHUNK = 1 << 20
+_CONNECT_RETRY_S = 0.002  # a unix connect to Redis that met a full backlog: try again
 
 Pending = bytes | memoryview | FileSlice
 
@@ -99,6 +100,8 @@ class ReadinessLoop:
         self._backend_logged: set[str] = set()
         shortest = min(settings.idle_timeout, settings.header_timeout)
         self._scan_every = min(1.0, max(0.05, shortest / 4))
+        self._connect_retry: list[Link] = []  # unix connects that met a full backlog
+        self._connect_retry_at = 0.0
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -126,6 +129,8 @@ class ReadinessLoop:
                     wake = min(wake, self._accept_paused_until)
                 if self._stopping:
                     wake = min(wake, self._stop_deadline)
+                if self._connect_retry:
+                    wake = min(wake, self._connect_retry_at)
                 timeout = 0.0 if busy else max(0.0, wake - now)
                 for fd, readable, writable, hangup in self.poller.poll(timeout):
                     if fd == lfd:
@@ -151,6 +156,11 @@ class ReadinessLoop:
                         if self.conns.get(conn.fd) is conn:
                             self._read(conn)
                 now = self.clock()
+                if self._connect_retry and now >= self._connect_retry_at:
+                    retry, self._connect_retry = self._connect_retry, []
+                    for link in retry:
+                        if link.connecting and link.handle is None:  # not expired meanwhile
+                            self._link_open(link)
                 if now >= next_scan:
                     self._expire(now)
                     if self.pool is not None:
@@ -444,6 +454,14 @@ class ReadinessLoop:
             err = sock.connect_ex(address)  # type: ignore[arg-type]
         except OSError:
             err = errno.EIO
+        if err == errno.EAGAIN and family == socket.AF_UNIX:
+            # Redis's accept backlog is full (a burst of new connections): try again
+            # shortly, within the pool's connect deadline, rather than fail the call.
+            sock.close()
+            if not self._connect_retry:
+                self._connect_retry_at = self.clock() + _CONNECT_RETRY_S
+            self._connect_retry.append(link)
+            return
         if err not in (0, errno.EINPROGRESS):
             sock.close()
             self.pool.failed(link, self.clock())
