@@ -113,6 +113,23 @@ FRAMING = {
     "te-then-big-length": b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
                           b"Content-Length: 99999999\r\n\r\n",
     "unknown-method": b"FOO / HTTP/1.1\r\n\r\n",
+    # A head already malformed before it ends: llhttp stops at the wrong byte, the core
+    # answers then; c-epoll too, not at an end of head (or EOF) that makes it silent.
+    "junk-request-line": b"Content-Length: 3\r\n",
+    "lowercase-method": b"get / HTTP/1.1\r\n",
+    "rtsp-method": b"PLAY / HTTP/1.1\r\nHost: x\r\n",
+    "space-in-name": b"GET / HTTP/1.1\r\nBad Header: x\r\n",
+    "folded-line": b"GET / HTTP/1.1\r\nX: a\r\n folded",
+    "line-without-colon": b"GET / HTTP/1.1\r\nabc\r\nX",
+    "control-in-value": b"GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n",
+    "length-not-digits": b"GET / HTTP/1.1\r\nContent-Length: 1 2",
+    "length-twice": b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+    "big-length-then-header": b"GET / HTTP/1.1\r\nContent-Length: 99999999\r\nX",
+    "big-length-then-junk": b"GET / HTTP/1.1\r\nContent-Length: 99999999\r\nX y\r\n\r\n",
+    "te-then-length-name": b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length:",
+    "target-high-byte": b"GET /\x80 HTTP/1.1\r\n\r\n",
+    "asterisk-target": b"GET * HTTP/1.1\r\n\r\nOPTIONS * HTTP/1.1\r\n\r\n",
+    "chunk-size-junk": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nx",
 }
 
 

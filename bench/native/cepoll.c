@@ -202,18 +202,36 @@ static inline int is_tchar(unsigned char ch)
     return ch && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
 }
 
-/* Methods llhttp knows: any other one is answered 405 and the connection closed. */
+/* HTTP methods llhttp knows (405 but for GET and HEAD); any other token is malformed, 400. */
+static const char *const HTTP_METHODS[] = {
+    "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "COPY",
+    "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND",
+    "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH",
+    "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK", "UNLINK",
+    "SOURCE", "QUERY", NULL};
+/* Tokens llhttp also reads as methods before it fails on the protocol (RTSP, PRI). */
+static const char *const OTHER_METHODS[] = {
+    "PRI", "DESCRIBE", "ANNOUNCE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER",
+    "SET_PARAMETER", "REDIRECT", "RECORD", "FLUSH", NULL};
+
 static int known_method(const char *m, size_t n)
 {
-    static const char *const known[] = {
-        "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "COPY",
-        "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND",
-        "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH",
-        "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK", "UNLINK",
-        "SOURCE", "QUERY", NULL};
-    for (int i = 0; known[i]; i++)
-        if (strlen(known[i]) == n && memcmp(known[i], m, n) == 0)
+    for (int i = 0; HTTP_METHODS[i]; i++)
+        if (strlen(HTTP_METHODS[i]) == n && memcmp(HTTP_METHODS[i], m, n) == 0)
             return 1;
+    return 0;
+}
+
+/* Can m[0..n) still become a method llhttp reads (all of it when complete)? */
+static int method_prefix_ok(const char *m, size_t n, int complete)
+{
+    const char *const *lists[] = {HTTP_METHODS, OTHER_METHODS};
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; lists[l][i]; i++) {
+            size_t kl = strlen(lists[l][i]);
+            if ((complete ? kl == n : kl >= n) && memcmp(lists[l][i], m, n) == 0)
+                return 1;
+        }
     return 0;
 }
 
@@ -252,8 +270,8 @@ enum { CH_NONE, CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
 
 /*
  * Find the first CRLF in p[0..n). Lines end in CRLF only, as llhttp wants: a bare LF, or
- * a CR followed by anything but LF, sets *bad (the request is answered 400 at once, never
- * left waiting for a CRLF that will not come).
+ * a CR followed by anything but LF, sets *bad and is returned (the request is answered at
+ * once, never left waiting for a CRLF that will not come).
  */
 static const char *find_crlf(const char *p, size_t n, int *bad)
 {
@@ -261,14 +279,14 @@ static const char *find_crlf(const char *p, size_t n, int *bad)
     for (size_t i = 0; i < n; i++) {
         if (p[i] == '\n') {
             *bad = 1;
-            return NULL;
+            return p + i;
         }
         if (p[i] == '\r') {
             if (i + 1 == n)
                 return NULL;
             if (p[i + 1] != '\n') {
                 *bad = 1;
-                return NULL;
+                return p + i;
             }
             return p + i;
         }
@@ -276,13 +294,112 @@ static const char *find_crlf(const char *p, size_t n, int *bad)
     return NULL;
 }
 
-/* Where the head in h[0..n) ends (after its blank line): 0 if not yet, or *bad. */
-static size_t head_end(const char *h, size_t n, int *bad)
+/*
+ * A head not complete yet: is what came already malformed? llhttp stops at the byte that
+ * goes wrong, so the core answers 400 then, not at a head end (or a deadline) that may
+ * never come; these are the checks it makes byte by byte: the method (a prefix of one it
+ * reads), control bytes or bytes over 0x7e in the target, header names of token bytes,
+ * control bytes in values, a Content-Length of digits, the framing headers' rules.
+ * h[0..n) holds no bare LF or CR. Returns 0, 1 (400) or 2 (413).
+ */
+static int head_prefix_bad(const char *h, size_t n, size_t max_body)
+{
+    const char *end = h + n;
+    const char *sp = memchr(h, ' ', n);
+    if (!method_prefix_ok(h, sp ? (size_t)(sp - h) : n, sp != NULL))
+        return 1;
+    if (!sp)
+        return 0;
+    const char *q = sp + 1;
+    for (; q < end && *q != ' ' && *q != '\r'; q++)
+        if ((unsigned char)*q < 0x20 || (unsigned char)*q >= 0x7f)
+            return 1;
+    const char *line = memmem(h, n, "\r\n", 2);
+    if (!line)
+        return 0;
+    if (!known_method(h, (size_t)(sp - h)) && !(sp - h == 3 && memcmp(h, "PRI", 3) == 0))
+        return 1;               /* an RTSP method: llhttp refuses it when the line ends */
+    int seen_clen = 0, seen_te = 0, chunked = 0, big = 0;
+    for (line += 2; line < end;) {
+        const char *eol = memmem(line, (size_t)(end - line), "\r\n", 2);
+        const char *lend = eol ? eol : (end[-1] == '\r' ? end - 1 : end);
+        const char *colon = line;
+        for (; colon < lend && *colon != ':'; colon++)
+            if (!is_tchar((unsigned char)*colon))
+                return 1;
+        if (colon == lend) {
+            if (eol)
+                return 1;       /* a whole line without a colon */
+            if (big && lend > line)
+                return 2;       /* llhttp hands over the name so far where the input ends */
+            break;
+        }
+        if (colon == line)
+            return 1;
+        if (big)
+            return 2;           /* a header name after a length over the limit: 413 */
+        size_t nl = (size_t)(colon - line);
+        int is_clen = nl == 14 && strncasecmp(line, "content-length", 14) == 0;
+        int is_te = nl == 17 && strncasecmp(line, "transfer-encoding", 17) == 0;
+        if ((is_clen && seen_te) || (is_te && seen_clen))
+            return 1;           /* both framings */
+        int64_t value = 0;
+        int digits = 0, after = 0, any = 0;
+        for (const char *v = colon + 1; v < lend; v++) {
+            unsigned char ch = (unsigned char)*v;
+            if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+                return 1;
+            int blank = ch == ' ' || ch == '\t';
+            if (!blank && !any) {
+                any = 1;        /* the value's first byte */
+                if ((is_clen && seen_clen) || (is_te && chunked))
+                    return 1;   /* a second length; a coding after "chunked" */
+            }
+            if (is_clen) {
+                if (ch >= '0' && ch <= '9') {
+                    if (after)
+                        return 1;   /* digits, blanks, digits */
+                    digits = 1;
+                    if (value <= (int64_t)max_body)
+                        value = value * 10 + (ch - '0');
+                } else if (blank) {
+                    after = digits;
+                } else {
+                    return 1;
+                }
+            } else if (is_te && chunked && !blank) {
+                return 1;       /* anything after "chunked" */
+            } else if (is_te && (ch == ',' || blank) && v - colon > 7 &&
+                       strncasecmp(v - 7, "chunked", 7) == 0 &&
+                       (v - 8 == colon || v[-8] == ' ' || v[-8] == '\t' || v[-8] == ',')) {
+                chunked = 1;    /* the token "chunked" just ended */
+                if (ch == ',')
+                    return 1;
+            }
+        }
+        if (!eol)
+            break;
+        if (is_te && !chunked && lend - 7 > colon && strncasecmp(lend - 7, "chunked", 7) == 0 &&
+            (lend - 8 == colon || lend[-8] == ' ' || lend[-8] == '\t' || lend[-8] == ','))
+            chunked = 1;        /* the line ends with the token */
+        seen_clen |= is_clen;
+        seen_te |= is_te;
+        big |= is_clen && value > (int64_t)max_body;
+        line = eol + 2;
+    }
+    return 0;
+}
+
+/* Where the head in h[0..n) ends (after its blank line): 0 if not yet; or *bad, and the
+ * offset of the byte that is wrong in *bad_at. */
+static size_t head_end(const char *h, size_t n, int *bad, size_t *bad_at)
 {
     size_t off = 0;
     for (;;) {
         const char *eol = find_crlf(h + off, n - off, bad);
-        if (!eol)
+        if (*bad)
+            *bad_at = (size_t)(eol - h);
+        if (!eol || *bad)
             return 0;
         size_t line = (size_t)(eol - (h + off));
         off += line + 2;
@@ -307,12 +424,14 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
     r->get = ml == 3 && memcmp(p, "GET", 3) == 0;
     r->head = ml == 4 && memcmp(p, "HEAD", 4) == 0;
     r->known = known_method(p, ml);
+    if (!r->known)
+        return -1;              /* a method llhttp does not know: malformed, as the core says */
     const char *t = sp + 1;
     const char *sp2 = memchr(t, ' ', (size_t)(end - t));
     if (!sp2 || sp2 == t)
         return -1;
     for (const char *q = t; q < sp2; q++)
-        if ((unsigned char)*q <= 0x20 || *q == 0x7f)
+        if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f)
             return -1;
     const char *v = sp2 + 1;
     if (end - v < 10 || memcmp(v, "HTTP/1.", 7) != 0 || v[8] != '\r' || v[9] != '\n')
@@ -323,7 +442,10 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
         return -1;
     /* the path: origin form, or absolute form (scheme://authority/path) */
     const char *path = t, *pend = sp2;
-    if (*t != '/') {
+    if (*t == '*' && sp2 - t == 1) {
+        path = "*";             /* asterisk form: not the page */
+        pend = path + 1;
+    } else if (*t != '/') {
         const char *scheme = memchr(t, ':', (size_t)(sp2 - t));
         if (!scheme || sp2 - scheme < 3 || scheme[1] != '/' || scheme[2] != '/')
             return -1;
@@ -350,6 +472,8 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
         for (const char *q = p; q < colon; q++)
             if (!is_tchar((unsigned char)*q))
                 return -1;
+        if (r->clen == -2)
+            return -2;          /* the core hears of a length over the limit at the next name */
         size_t nl = (size_t)(colon - p);
         const char *val = colon + 1, *vend = p + ll;
         while (val < vend && (*val == ' ' || *val == '\t'))
@@ -358,7 +482,7 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
             vend--;
         size_t vl = (size_t)(vend - val);
         for (size_t i = 0; i < vl; i++)
-            if ((unsigned char)val[i] < 0x20 && val[i] != '\t')
+            if (((unsigned char)val[i] < 0x20 && val[i] != '\t') || val[i] == 0x7f)
                 return -1;
         if (nl == 14 && strncasecmp(p, "content-length", 14) == 0) {
             if (vl == 0)
@@ -372,15 +496,13 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
             }
             if (n > (int64_t)max_body)
                 n = -2;
-            if ((r->clen != -1 && r->clen != n) || r->te)
-                return -1;
+            if (r->clen != -1 || r->te)
+                return -1;      /* a second length, even equal, or one with a coding */
             r->clen = n;
         } else if (nl == 17 && strncasecmp(p, "transfer-encoding", 17) == 0) {
             /* as llhttp: a list of codings, "chunked" at most once and only last; a body
              * whose last coding is another one cannot be delimited (te_bad, 400 once the
-             * head has ended). A length already over the limit is answered 413 first. */
-            if (r->clen == -2)
-                return -2;
+             * head has ended). */
             if (vl == 0 || r->chunked || r->clen != -1)
                 return -1;
             r->te = 1;
@@ -414,8 +536,6 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
     }
     if (r->te && r->clen != -1)
         return -1;              /* both framings at once: request smuggling, refuse */
-    if (!r->known)
-        return -1;              /* a method llhttp does not know: malformed, as the core says */
     return 0;
 }
 
@@ -458,8 +578,15 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
             break;
         case CH_SIZE: {
             eol = find_crlf(p, avail, &bad);
-            if (!eol) {
+            if (bad || !eol) {
                 if (bad || avail > CHUNK_LINE_MAX)
+                    return -1;
+                /* llhttp wants hex digits, then ';', a blank or the CR: fail early as it */
+                const char *x = p;
+                while (x < p + avail && isxdigit((unsigned char)*x))
+                    x++;
+                if (x == p || (x < p + avail && *x != ';' && *x != ' ' && *x != '\t' &&
+                               *x != '\r'))
                     return -1;
                 goto more;
             }
@@ -484,7 +611,7 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
         }
         case CH_TRAILER:
             eol = find_crlf(p, avail, &bad);
-            if (!eol) {
+            if (bad || !eol) {
                 if (bad || avail > CHUNK_LINE_MAX * 8)
                     return -1;
                 goto more;
@@ -567,9 +694,15 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
         const char *h = d + off;
         size_t avail = n - off;
         int bad;
-        size_t hl = head_end(h, avail, &bad);
-        if (bad) {              /* a bare LF or a stray CR: 400 now, as the core answers */
-            emit_error(s, c, ERR_400, CLOSE, 0);
+        size_t bad_at = 0;
+        size_t hl = head_end(h, avail, &bad, &bad_at);
+        /* what comes before a bad line end is judged first, in byte order, as llhttp does */
+        int early = hl ? 0 : head_prefix_bad(h, bad ? bad_at : avail, s->max_body);
+        if (bad && !early)
+            early = 1;
+        if (early) {
+            /* a bare LF, a stray CR, or a head already malformed: answered now, as the core */
+            emit_error(s, c, early == 2 ? ERR_413 : ERR_400, CLOSE, 0);
             off = n;
             break;
         }
