@@ -27,7 +27,8 @@ that ends while its call is pending (aborted at the end of a stop's grace)
 cancels the call: a queued one is dropped unsent, the replies of one in flight
 are discarded. A client waiting for its answer is not idle: the pool's own
 bounds (connect, queue wait, reply timeout) make sure it gets one, if only a
-503. A graceful stop lets pending calls finish within the grace, then closes the pool.
+503. A graceful stop lets pending calls finish within the grace, then closes
+the pool.
 """
 
 from __future__ import annotations
