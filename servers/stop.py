@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -21,6 +22,7 @@ class StopSignal:
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._event = threading.Event()
         self._callbacks: list[Callable[[], None]] = []
+        self.since = 0.0  # time.monotonic() when set
 
     def install(self) -> StopSignal:
         """Route SIGINT and SIGTERM here (main thread only)."""
@@ -35,6 +37,7 @@ class StopSignal:
     def set(self) -> None:
         if self._event.is_set():
             return
+        self.since = time.monotonic()
         self._event.set()
         try:
             os.write(self._write_fd, b"!")

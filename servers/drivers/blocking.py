@@ -230,7 +230,8 @@ def _send_all(sock: socket.socket, writes: list[Write], session: Session, settin
 class _Patience:
     """How long a send may wait for a peer that does not read."""
 
-    _STOP_POLL = 0.25
+    _STOP_POLL = 0.1
+    _STALLED = 0.5  # after the grace, a send without progress this long gives up
 
     def __init__(self, settings: Settings, clock: Callable[[], float],
                  stop: StopSignal | None) -> None:
@@ -240,7 +241,6 @@ class _Patience:
         self.step = settings.idle_timeout if stop is None else min(settings.idle_timeout,
                                                                    self._STOP_POLL)
         self.last = clock()
-        self.stop_seen: float | None = None
 
     def progressed(self) -> None:
         self.last = self.clock()
@@ -250,11 +250,10 @@ class _Patience:
         now = self.clock()
         if now - self.last >= self.settings.idle_timeout:
             raise TimeoutError("peer does not read")
-        if self.stop is not None and self.stop.is_set():
-            if self.stop_seen is None:
-                self.stop_seen = now
-            elif now - self.stop_seen >= self.settings.shutdown_grace:
-                raise TimeoutError("server stopping")
+        stop = self.stop
+        if (stop is not None and stop.is_set() and now - self.last >= self._STALLED
+                and time.monotonic() - stop.since >= self.settings.shutdown_grace):
+            raise TimeoutError("server stopping and the peer does not read")
 
 
 def _linger_close(sock: socket.socket, settings: Settings) -> None:
