@@ -131,6 +131,15 @@ FRAMING = {
     "target-high-byte": b"GET /\x80 HTTP/1.1\r\n\r\n",
     "asterisk-target": b"GET * HTTP/1.1\r\n\r\nOPTIONS * HTTP/1.1\r\n\r\n",
     "chunk-size-junk": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nx",
+    # The versions llhttp takes (0.9 with no version at all, 1.0, 1.1, 2.0) and its rules.
+    "http09": b"GET /\r\nHost: x\r\n\r\n",
+    "http09-keep-alive": b"GET /\r\nConnection: keep-alive\r\n\r\n" + get("/x"),
+    "http20-keep-alive": b"GET / HTTP/2.0\r\nConnection: keep-alive\r\n\r\n" + get("/x"),
+    "http30": b"GET / HTTP/3.0\r\n\r\n",
+    "http10-keep-alive-and-close": b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"
+                                   + get("/x", version="1.0"),
+    "spaces-in-request-line": b"GET   /  HTTP/1.1\r\n\r\n",
+    "space-then-line-end": b"GET /x \r\n\r\n",
 }
 
 
@@ -266,7 +275,8 @@ PIECES = [
     b"Content-Length: 3\r\n", b"Content-Length: 0\r\n", b"Content-Length: 99999999\r\n",
     b"Content-Length: 1 2\r\n", b"abc", b"0\r\n\r\n", b"3\r\nabc\r\n", b"3;ext\r\nabc\r\n",
     b"0\r\nT: x\r\n\r\n", b"X: y\n", b"X: a\rb\r\n", b"X: \x7f\r\n", b" folded\r\n",
-    b"GET / HTTP/1.1\n", b"GET /\x80 HTTP/1.1\r\n",
+    b"GET / HTTP/1.1\n", b"GET /\x80 HTTP/1.1\r\n", b"GET /\r\n", b"GET / HTTP/2.0\r\n",
+    b"GET  /x  HTTP/1.0\r\n", b"Connection: keep-alive, close\r\n",
 ]
 
 

@@ -257,7 +257,7 @@ static int has_token(const char *v, size_t n, const char *tok)
 typedef struct {
     int get, head, known;
     int root;
-    int v10;
+    int ver;                    /* 9 (HTTP/0.9: no version), 10, 11 or 20, as llhttp takes */
     int conn_close, conn_keep;
     int chunked;
     int te;                     /* a Transfer-Encoding header was present */
@@ -427,19 +427,34 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
     if (!r->known)
         return -1;              /* a method llhttp does not know: malformed, as the core says */
     const char *t = sp + 1;
-    const char *sp2 = memchr(t, ' ', (size_t)(end - t));
-    if (!sp2 || sp2 == t)
+    const char *le = memmem(t, (size_t)(end - t), "\r\n", 2);
+    if (!le)
         return -1;
+    while (t < le && *t == ' ')
+        t++;                    /* llhttp skips spaces before the target and the version */
+    const char *sp2 = memchr(t, ' ', (size_t)(le - t));
+    if (le == t)
+        return -1;
+    if (!sp2)
+        sp2 = le;               /* no version: HTTP/0.9, whose head llhttp still reads */
     for (const char *q = t; q < sp2; q++)
         if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f)
             return -1;
-    const char *v = sp2 + 1;
-    if (end - v < 10 || memcmp(v, "HTTP/1.", 7) != 0 || v[8] != '\r' || v[9] != '\n')
+    const char *v = sp2;
+    while (v < le && *v == ' ')
+        v++;
+    if (sp2 < le && v == le)
+        return -1;              /* spaces, then the end of the line */
+    if (sp2 == le) {
+        r->ver = 9;
+    } else if (le - v == 8 && memcmp(v, "HTTP/", 5) == 0 && v[6] == '.' && isdigit((unsigned char)v[5]) &&
+               isdigit((unsigned char)v[7])) {
+        r->ver = (v[5] - '0') * 10 + (v[7] - '0');
+        if (r->ver != 9 && r->ver != 10 && r->ver != 11 && r->ver != 20)
+            return -1;          /* the versions llhttp takes: 0.9, 1.0, 1.1, 2.0 */
+    } else {
         return -1;
-    if (v[7] == '0')
-        r->v10 = 1;
-    else if (v[7] != '1')
-        return -1;
+    }
     /* the path: origin form, or absolute form (scheme://authority/path) */
     const char *path = t, *pend = sp2;
     if (*t == '*' && sp2 - t == 1) {
@@ -458,7 +473,7 @@ static int parse_request(const char *h, size_t len, req_t *r, size_t max_body)
         pl++;
     r->root = pl == 0 || (pl == 1 && path[0] == '/');
     /* headers */
-    p = v + 10;
+    p = le + 2;
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         if (!eol || eol == p || eol[-1] != '\r')
@@ -725,7 +740,7 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
         int pr = parse_request(h, hl, &r, s->max_body);
         if (pr == 0 && r.clen == -2)
             pr = -2;            /* body over the limit */
-        else if (pr == 0 && r.te_bad && !r.v10)
+        else if (pr == 0 && r.te_bad && r.ver != 10)
             pr = -1;            /* a body that cannot be delimited (HTTP/1.0: see below) */
         if (pr < 0) {
             emit_error(s, c, pr == -2 ? ERR_413 : ERR_400, CLOSE, 0);
@@ -733,8 +748,9 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
             break;
         }
         off += hl;
-        int keep = r.v10 ? (r.conn_keep && !r.conn_close) : !r.conn_close;
-        int mode = !keep ? CLOSE : (r.v10 ? KEEP_10 : KEEP);
+        /* llhttp: HTTP/1.1 keeps unless "close"; any other version only with "keep-alive" */
+        int keep = r.ver == 11 ? !r.conn_close : r.conn_keep;
+        int mode = !keep ? CLOSE : (r.ver == 10 ? KEEP_10 : KEEP);
         c->pend = 1;
         c->pend_mode = mode;
         c->pend_head_only = (uint8_t)r.head;
@@ -744,7 +760,7 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
             c->pend_code = 405;
             c->pend_head_only = 0;
         }
-        if (r.v10 && r.te) {
+        if (r.ver == 10 && r.te) {
             /* RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; what follows
              * the head cannot be trusted: answer now, then close (as the core does). */
             c->pend_mode = CLOSE;
