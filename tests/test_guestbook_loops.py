@@ -4,14 +4,17 @@ What is specific to these models: many clients wait on Redis at once over a pool
 of Redis connections that grows on demand up to ``--backend-pool`` (a call per
 connection at a time, the rest queued); a client that goes away while its call
 is in flight or queued; Redis unreachable with more calls than connections; a
-graceful stop with calls in flight. Real sockets, a private Redis (whose own
-``INFO clients`` counts the pool's connections), every wait bounded.
+graceful stop with calls in flight; a burst of unix connects beyond Redis's
+accept backlog. Real sockets, a private Redis (whose own ``INFO clients`` counts
+the pool's connections), every wait bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -25,6 +28,7 @@ from servers.core.guestbook import VISITS_KEY
 from servers.drivers.blocking_backend import REPLY_SLACK
 from servers.registry import BY_NAME, Entry
 from tests.servers import running_server
+from tests.test_guestbook_io_uring import listen_queue
 from tests.test_guestbook_servers import exchange, read_responses, status
 
 LOOPS = [BY_NAME[name] for name in ("asyncio", "uvloop", "trio")]
@@ -306,3 +310,37 @@ def test_sigterm_with_calls_longer_than_the_grace(entry: Entry,
             for s in socks:
                 s.close()
         wait_for(redis.addr, connected=0, blocked=0, timeout=5)
+
+
+@pytest.mark.parametrize("entry", LOOPS, ids=[e.name for e in LOOPS])
+def test_unix_connects_beyond_the_redis_backlog_are_tried_again(entry: Entry) -> None:
+    """Redis stopped (SIGSTOP) while 700 calls at once open 700 unix connections: its
+    backlog takes 512, the rest meet EAGAIN (uvloop raises it; the stdlib loop and trio
+    would hand back an unconnected socket) and are tried again; Redis resumed within
+    the connect timeout, every call is answered 200."""
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to see Redis's accept backlog")
+    try:
+        own = zredis.PrivateRedis()
+    except zredis.RedisError as exc:
+        pytest.skip(str(exc))
+    with own, running_server(entry, "http", "--redis", str(own.addr)) as srv:
+        pid = int(zredis.info(own.addr)["process_id"])
+        socks = open_clients(srv.port, 700)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for s in socks:
+                s.sendall(GET)
+            deadline = time.monotonic() + 10
+            while listen_queue(own.addr.path) <= 511:  # full: the next connect is refused
+                assert time.monotonic() < deadline, listen_queue(own.addr.path)
+                time.sleep(0.01)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        try:
+            for s in socks:
+                assert status(read_responses(s, 1, timeout=20)[0]) == 200
+        finally:
+            for s in socks:
+                s.close()
+        no_traceback(srv)

@@ -5,8 +5,9 @@ does not depend on the loop (which connection carries which call, one call per
 connection at a time, growth up to ``--backend-pool``, the FIFO of waiting calls,
 reply decoding, deadlines and failures) is :class:`servers.drivers.redis_pool.RedisPool`,
 shared with the readiness loop. This module only moves its bytes the asyncio way:
-each Redis connection is an ``asyncio.Protocol`` opened with ``create_connection``
-/ ``create_unix_connection`` (nothing blocks the loop); what it receives and
+each Redis connection is an ``asyncio.Protocol`` opened with ``create_connection``,
+or on a unix socket connected by :func:`servers.drivers.redis_connect.unix_connect`
+(a full Redis backlog is tried again); nothing blocks the loop. What it receives and
 loses is fed to the pool, and the pool's effects are performed at once: open a
 connection, write a call's commands (the transport buffers them), close one,
 hand an owner its replies (``backend_done``; None when Redis could not answer).
@@ -24,6 +25,7 @@ from collections.abc import Hashable
 from typing import Protocol
 
 from servers.core.guestbook import BackendCall
+from servers.drivers.redis_connect import RETRY_S, unix_connect
 from servers.drivers.redis_pool import Close, Done, Link, Open, RedisPool, Send
 from servers.redis_addr import RedisAddr
 from servers.settings import Settings
@@ -152,7 +154,9 @@ class AioBackend:
         family, address = self.addr.socket_args()
         try:
             if family == socket.AF_UNIX:
-                await self.loop.create_unix_connection(lambda: conn, address)  # type: ignore[arg-type]
+                while (sock := unix_connect(address)) is None:  # type: ignore[arg-type]
+                    await asyncio.sleep(RETRY_S)  # Redis's backlog is full; bounded by expire
+                await self.loop.create_unix_connection(lambda: conn, sock=sock)
             else:
                 host, port = address  # type: ignore[misc]
                 await self.loop.create_connection(lambda: conn, host, port)

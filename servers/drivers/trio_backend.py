@@ -1,7 +1,9 @@
 """trio's way to make a backend call: the connection's task on a pooled trio stream.
 
 A :class:`TrioRedisPool` belongs to one ``trio.run``. Its connections are trio
-streams (``trio.open_tcp_stream`` / ``trio.open_unix_socket``). The task of the
+streams (``trio.open_tcp_stream``, or a unix socket connected by
+:func:`servers.drivers.redis_connect.unix_connect`, which tries a full Redis
+backlog again, as ``trio.open_unix_socket`` does not). The task of the
 client connection that needs a call performs it itself
 (:meth:`TrioRedisPool.perform`): it takes an idle Redis stream, or opens one
 while fewer than ``--backend-pool`` are open or opening, or else queues (FIFO)
@@ -37,6 +39,7 @@ import trio
 from servers.core.guestbook import BackendCall
 from servers.core.resp import ReplyReader
 from servers.drivers.blocking_backend import CONNECT_TIMEOUT, REPLY_SLACK, BackendUnavailable
+from servers.drivers.redis_connect import RETRY_S, unix_connect
 from servers.redis_addr import RedisAddr
 from servers.settings import Settings
 
@@ -166,7 +169,9 @@ class TrioRedisPool:
             family, address = self.addr.socket_args()
             with trio.fail_after(CONNECT_TIMEOUT):
                 if family == socket.AF_UNIX:
-                    stream = await trio.open_unix_socket(address)  # type: ignore[arg-type]
+                    while (sock := unix_connect(address)) is None:  # type: ignore[arg-type]
+                        await trio.sleep(RETRY_S)  # Redis's backlog is full
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
                 else:
                     host, port = address  # type: ignore[misc]
                     stream = await trio.open_tcp_stream(host, port)
