@@ -6,17 +6,17 @@ machine, ``--quick`` in under 90 s): a run costs warm-up + duration + about
 generator start and connection set-up ~0.15 s, stop, perf, PSS and
 bookkeeping), and ~0.6 s more at 1,000 connections (connection set-up, and the
 load generator waiting out the per-request timeout of clients a server never
-answered). The zoo has ~16 user-space servers: 16 x 2 workloads x 4
-concurrencies x 3 repeats = 384 runs, a budget of 600 s / 384 = 1.56 s a run.
-Measured on this shared 2-core machine (load average 20+ from other work), the
-runs took 1.45 s each on average with 0.6 + 0.15 s, which would be 9.3 minutes;
-so the defaults are ``--duration 0.5 --warmup 0.1 --repeat 3``: 288 runs x
-1.1 s + 96 runs x 1.7 s = ~8 minutes, with room for a busy machine. Kernel
-rows that cannot load their module here cost nothing after the first attempt.
+answered). The zoo has 16 user-space servers and four workloads (echo, the page,
+a 64 KiB file, the guestbook with a 10 ms backend wait: the series' app, where
+the models part ways): 16 x 4 x 3 concurrencies (10, 100, 1000) x 2 repeats =
+384 runs; 256 x 1.1 s + 128 x 1.7 s = ~8.5 minutes, with room for a busy
+machine, plus a second for Redis and the files. The single-connection column
+was dropped to make room for the app workloads (``--concurrency 1,...`` brings
+it back), and two repeats give a spread rather than a median of three. Kernel
+rows, and n/a rows (a server that cannot serve a workload), cost nothing.
 0.5 s at 10k-50k requests/s is 5k-25k samples a run, enough for p99 (p99.9 is
-indicative); three repeats give a median and a spread. ``--quick`` is 2
-concurrencies (10, 100) x 1 repeat of 0.4 s + 0.1 s warm-up: 64 runs x ~1 s =
-~65 s.
+indicative). ``--quick`` is the same four workloads at 100 connections, one
+repeat of 0.4 s + 0.1 s warm-up: 64 runs x ~1 s = ~65 s.
 
 Repeats are interleaved round robin: round 1 runs every (workload,
 concurrency, server) once, then round 2 does it again, so that a slow minute of
@@ -48,9 +48,9 @@ from servers.argtypes import (
 )
 from servers.cli import raise_descriptor_limit
 
-DEFAULTS = {"workloads": "echo,http", "concurrency": "1,10,100,1000", "duration": 0.5,
-            "warmup": 0.1, "repeat": 3}
-QUICK = {"workloads": "echo,http", "concurrency": "10,100", "duration": 0.4,
+DEFAULTS = {"workloads": "echo,http,file,guestbook", "concurrency": "10,100,1000",
+            "duration": 0.5, "warmup": 0.1, "repeat": 2}
+QUICK = {"workloads": "echo,http,file,guestbook", "concurrency": "100", "duration": 0.4,
          "warmup": 0.1, "repeat": 1}
 ECHO_SIZE = 64
 FILE_SIZE = 65536
