@@ -36,13 +36,13 @@ from collections.abc import Callable
 from servers.core import FileSlice, Session, session_factory
 from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.pollers import Poller
+from servers.drivers.redis_connect import RETRY_S, unix_connect
 from servers.drivers.redis_pool import Close, Done, Link, Open, RedisPool, Send
 from servers.settings import Settings
 from servers.stop import StopSignal
 
 _ACCEPT_BATCH = 64
 _SENDFILE_CHUNK = 1 << 20
-_CONNECT_RETRY_S = 0.002  # a unix connect to Redis that met a full backlog: try again
 
 Pending = bytes | memoryview | FileSlice
 
@@ -433,10 +433,21 @@ class ReadinessLoop:
         assert self.pool is not None and self.settings.redis is not None
         family, address = self.settings.redis.socket_args()
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            if family == socket.AF_UNIX:
+                sock = unix_connect(address)  # type: ignore[arg-type]
+                if sock is None:
+                    # Redis's accept backlog is full (a burst of new connections): try
+                    # again shortly, within the pool's connect deadline.
+                    if not self._connect_retry:
+                        self._connect_retry_at = self.clock() + RETRY_S
+                    self._connect_retry.append(link)
+                    return
+            else:
+                sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
-            self._log_backend("socket", f"{self.poller.name}: cannot open a Redis "
-                              f"connection ({exc}); guestbook calls fail (503) meanwhile")
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._log_backend("socket", f"{self.poller.name}: cannot open a Redis "
+                                  f"connection ({exc}); guestbook calls fail (503) meanwhile")
             self.pool.failed(link, self.clock())
             return
         limit = self.poller.max_fd
@@ -447,21 +458,14 @@ class ReadinessLoop:
             sock.close()
             self.pool.failed(link, self.clock())
             return
-        try:
-            sock.setblocking(False)
-            if family != socket.AF_UNIX:
+        err = 0
+        if family != socket.AF_UNIX:  # a unix socket is connected (or failed) already
+            try:
+                sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(address)  # type: ignore[arg-type]
-        except OSError:
-            err = errno.EIO
-        if err == errno.EAGAIN and family == socket.AF_UNIX:
-            # Redis's accept backlog is full (a burst of new connections): try again
-            # shortly, within the pool's connect deadline, rather than fail the call.
-            sock.close()
-            if not self._connect_retry:
-                self._connect_retry_at = self.clock() + _CONNECT_RETRY_S
-            self._connect_retry.append(link)
-            return
+                err = sock.connect_ex(address)  # type: ignore[arg-type]
+            except OSError:
+                err = errno.EIO
         if err not in (0, errno.EINPROGRESS):
             sock.close()
             self.pool.failed(link, self.clock())
