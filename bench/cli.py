@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend-wait-ms", default=None, metavar="LIST",
                         help="guestbook workloads: comma list of backend waits in ms, each a "
                              f"run of its own (default {DEFAULT_WAITS})")
+    parser.add_argument("--sendfile", choices=("on", "off"), default=None,
+                        help="file workload: every server sends files by sendfile(2) (on; "
+                             "servers that cannot are n/a) or by read+write (off); default: "
+                             "each server its own way")
     parser.add_argument("--post-every", type=positive_int, default=20, metavar="N",
                         help="guestbook-post: one POST every N requests of a connection")
     parser.add_argument("--redis", type=redis_addr, default=None, metavar="ADDR",
@@ -143,7 +147,7 @@ def select_targets(spec: str) -> list[runner.Target]:
                              f"known: {', '.join(BY_NAME)}")
         entries = [BY_NAME[n] for n in dict.fromkeys(names)]
     return [runner.Target(e.name, tuple(e.argv), e.kind, tuple(e.protocols), e.concurrent,
-                          e.static_files, bool(e.guestbook), e.max_in_flight)
+                          e.static_files, bool(e.guestbook), e.max_in_flight, e.sendfile)
             for e in entries]
 
 
@@ -305,12 +309,13 @@ def run(argv: list[str] | None = None) -> int:
         rate=options.rate, size=options.size or ECHO_SIZE, pipeline=options.pipeline,
         workers=options.workers, timeout=options.timeout,
         file_size=options.size or FILE_SIZE, post_every=options.post_every,
+        sendfile=options.sendfile,
         # an emulated guest starts Python in seconds, not milliseconds
         ready_timeout=120.0 if options.in_vm else 10.0, slack=120.0 if options.in_vm else 15.0,
     )
     order = plan(targets, resolved["workloads"], resolved["concurrency"], resolved["repeat"])
     estimate = sum(estimate_run_s(settings, conc) for _, label, conc, target in order
-                   if not runner.why_not_app(target, label))  # n/a rows cost nothing
+                   if not runner.why_not_app(target, label, options.sendfile))  # n/a: free
     if options.vm:
         return run_vm(argv, options, estimate)
     if not order:
@@ -390,7 +395,8 @@ def _run_plan(argv: list[str], options: argparse.Namespace, targets: list[runner
         **machine_info(), "started": dt.datetime.now(dt.UTC).isoformat(),
         "argv": argv, "settings": {**resolved, "idle": settings.idle, "rate": settings.rate,
                                    "size": settings.size, "pipeline": settings.pipeline,
-                                   "workers": settings.workers, "timeout": settings.timeout},
+                                   "workers": settings.workers, "timeout": settings.timeout,
+                                   "sendfile": settings.sendfile},
         "servers": [t.name for t in targets], "server_cpus": server_cpus, "apps": app_info,
         "client_cpus": client_cpus, "perf": "perf stat raw_syscalls:sys_enter" if use_perf
         else f"not counted ({perf_problem or '--no-perf'})", "header_note": note,

@@ -86,6 +86,7 @@ class Settings:
     file_root: str | None = None
     file_size: int = 65536
     post_every: int = 20
+    sendfile: str | None = None  # file workload: "on" or "off" for every server; None: each its own
 
     def measured_wait(self, wait_ms: float) -> float | None:
         return dict(self.waits_measured).get(wait_ms)
@@ -105,6 +106,7 @@ class Target:
     # The most requests it has in flight at once whatever the connections (iterative: 1,
     # a thread pool: its threads); 0: as many as connections.
     max_in_flight: int = 0
+    sendfile: bool = False  # can send files with sendfile(2) (--sendfile on)
 
 
 APP_WORKLOADS = ("file", "guestbook", "guestbook-post")
@@ -122,12 +124,14 @@ def label_for(workload: str, wait_ms: float | None) -> str:
     return workload if wait_ms is None else f"{workload}@{wait_ms:g}ms"
 
 
-def why_not_app(target: Target, label: str) -> str:
+def why_not_app(target: Target, label: str, sendfile: str | None = None) -> str:
     """Why ``target`` cannot serve the workload of ``label``; "" when it can."""
     workload, _ = split_label(label)
     where = "the kernel" if target.kind == "kernel" else target.name
     if workload == "file" and not target.static_files:
         return f"n/a: no static files in {where}"
+    if workload == "file" and sendfile == "on" and not target.sendfile:
+        return f"n/a: {target.name} sends files by read+write"
     if workload in ("guestbook", "guestbook-post") and not target.guestbook:
         return f"n/a: no guestbook in {where}"
     return ""
@@ -135,13 +139,14 @@ def why_not_app(target: Target, label: str) -> str:
 
 def app_args(target: Target, label: str, settings: Settings) -> tuple[list[str] | None, str]:
     """The server flags a workload needs, or (None, why this server cannot run it)."""
-    why = why_not_app(target, label)
+    why = why_not_app(target, label, settings.sendfile)
     if why:
         return None, why
     workload, wait = split_label(label)
     if workload == "file":
         assert settings.file_root is not None
-        return ["--root", settings.file_root], ""
+        switch = ["--sendfile", settings.sendfile] if settings.sendfile else []
+        return ["--root", settings.file_root, *switch], ""
     if workload in ("guestbook", "guestbook-post"):
         assert settings.redis is not None
         return ["--redis", settings.redis, "--backend-wait-ms", f"{wait or 0:g}"], ""

@@ -24,6 +24,9 @@ class Asyncio(Backend):
     guestbook = True
     backend_pool = True  # Redis protocols on the loop, up to --backend-pool of them
 
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return options.loop == "asyncio"  # uvloop sends files by read+write
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                             help="event loop implementation (default: %(default)s)")

@@ -43,6 +43,11 @@ class Backend:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this backend's own flags."""
 
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        """Whether this model sends files with sendfile(2) (``--sendfile on``); those
+        that cannot always read and write, and refuse ``--sendfile on``."""
+        return False
+
     def validate(self, settings: Settings, options: argparse.Namespace) -> None:
         """Raise :class:`UsageError` for settings this backend cannot honour."""
 

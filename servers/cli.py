@@ -68,6 +68,9 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
                         default=defaults.backend_wait_ms, metavar="W",
                         help="each guestbook GET first waits W ms in Redis (BLPOP on an "
                              "empty key; default: %(default)s)")
+    parser.add_argument("--sendfile", choices=("on", "off"), default=None,
+                        help="files by sendfile(2) (on: the default where the model can) or "
+                             "by read+write (off)")
     parser.add_argument("--backend-pool", type=positive_int, default=None, metavar="N",
                         help="event-loop models: at most N Redis connections per loop, one "
                              f"call on each at a time (default: {defaults.backend_pool}); "
@@ -86,6 +89,9 @@ def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
     if options.backend_pool is not None and not backend.backend_pool:
         raise UsageError(f"{backend.name} keeps one Redis connection per worker: "
                          "--backend-pool is not supported")
+    if options.sendfile == "on" and not backend.can_sendfile(options):
+        raise UsageError(f"{backend.name} sends files by read+write: --sendfile on is not "
+                         "possible")
     if options.backend_pool is not None and options.redis is None:
         raise UsageError("--backend-pool needs --redis")
     if options.backend_wait_ms and options.redis is None:
@@ -108,6 +114,7 @@ def settings_from(options: argparse.Namespace, backend: Backend) -> Settings:
         redis=options.redis,
         backend_wait_ms=options.backend_wait_ms,
         backend_pool=options.backend_pool or Settings.backend_pool,
+        sendfile=options.sendfile != "off" and backend.can_sendfile(options),
     )
 
 

@@ -24,6 +24,9 @@ class Epoll(Backend):
     guestbook = True
     backend_pool = True
 
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return True
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--edge", action="store_true",
                             help="edge-triggered (EPOLLET) instead of level-triggered")

@@ -85,6 +85,9 @@ class Forking(Backend):
     guestbook = True
     workers_mode = None
 
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return True
+
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
         new_session = session_factory(settings)

@@ -24,6 +24,9 @@ class Poll(Backend):
     guestbook = True
     backend_pool = True
 
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return True
+
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
         ReadinessLoop(PollPoller(), listener, settings, stop).run()

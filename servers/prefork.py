@@ -31,6 +31,9 @@ class Prefork(Backend):
     workers_mode = "shared"
     default_workers = os.cpu_count() or 1
 
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return True
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_pool_arguments(parser, _THREADS_PER_WORKER)
 

@@ -26,6 +26,9 @@ class Select(Backend):
     guestbook = True
     backend_pool = True
 
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return True
+
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
         ReadinessLoop(SelectPoller(), listener, settings, stop).run()

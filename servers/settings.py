@@ -44,3 +44,5 @@ class Settings:
     # call at a time (a BLPOP holds its connection); calls beyond wait for a free one.
     # Blocking models have one per worker instead.
     backend_pool: int = 1024
+    # Files by sendfile(2) where the model can, else read+write (--sendfile off).
+    sendfile: bool = True

@@ -100,6 +100,9 @@ class ThreadPool(Backend):
     guestbook = True
     workers_mode = None
 
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return True
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_pool_arguments(parser, DEFAULT_THREADS)
 

@@ -31,7 +31,6 @@ which writes the stop pipe.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import time
@@ -130,19 +129,18 @@ class _Connection:
                 self.session.sent(min(_SEND_CHUNK, len(view) - start), time.monotonic())
 
     async def _send_file(self, item: FileSlice) -> None:
-        """sendfile(2) on the non-blocking socket, waiting for writability between calls."""
+        """sendfile(2) (or read+write, --sendfile off) on the non-blocking socket,
+        waiting for writability between calls."""
         sock = self.stream.socket
         while item.count > 0:
             with trio.fail_after(self.settings.idle_timeout):
                 await trio.lowlevel.wait_writable(sock)
             try:
-                sent = os.sendfile(sock.fileno(), item.fileno(), item.offset,
-                                   min(item.count, _SEND_CHUNK))
+                sent = item.send_some(sock.fileno(), _SEND_CHUNK, self.settings.sendfile)
             except BlockingIOError:
                 continue
-            if sent == 0:
-                raise trio.BrokenResourceError("file shrank while being sent")
-            item.advance(sent)
+            except ConnectionError as exc:
+                raise trio.BrokenResourceError(str(exc)) from None
             self.session.sent(sent, time.monotonic())
 
     async def linger_close(self) -> None:
@@ -232,6 +230,9 @@ class Trio(Backend):
     name = "trio"
     guestbook = True
     backend_pool = True  # trio streams in the run, up to --backend-pool of them
+
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return True
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:

@@ -208,7 +208,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         assert transport is not None and self.session is not None
         count = item.count
         try:
-            if self.server.native_sendfile:
+            if self.server.native_sendfile and self.server.settings.sendfile:
                 await self.loop.sendfile(transport, item.open(), item.offset, item.count,
                                          fallback=False)
                 self.session.sent(count, time.monotonic())

@@ -187,44 +187,56 @@ def serve_connection(
 def _send_all(sock: socket.socket, writes: list[Write], session: Session, settings: Settings,
               clock: Callable[[], float], stop: StopSignal | None) -> None:
     """Send every write; each send must progress within the idle timeout, and within
-    the shutdown grace once ``stop`` is set."""
+    the shutdown grace once ``stop`` is set. Files go by sendfile(2), or by read+write
+    with ``--sendfile off``."""
     patience = _Patience(settings, clock, stop)
     sock.settimeout(patience.step)
+
+    def send_bytes(data: memoryview) -> None:
+        while data:
+            try:
+                sent = sock.send(data[:_SEND_CHUNK])
+            except TimeoutError:
+                patience.check()
+                continue
+            data = data[sent:]
+            session.sent(sent, clock())
+            patience.progressed()
+
     for item in writes:
         if isinstance(item, bytes):
-            data = memoryview(item)
-            while data:
-                try:
-                    sent = sock.send(data[:_SEND_CHUNK])
-                except TimeoutError:
-                    patience.check()
-                    continue
-                data = data[sent:]
-                session.sent(sent, clock())
-                patience.progressed()
-        else:
-            try:
-                file = item.open()
+            send_bytes(memoryview(item))
+            continue
+        try:
+            if not settings.sendfile:
                 while item.count > 0:
-                    # socket.sendfile leaves the file positioned after what it sent, also
-                    # when it times out: that is the progress to count.
-                    file.seek(item.offset)
-                    try:
-                        sock.sendfile(file, item.offset, min(item.count, _SEND_CHUNK))
-                        timed_out = False
-                    except TimeoutError:
-                        timed_out = True
-                    sent = file.tell() - item.offset
-                    if sent > 0:
-                        item.advance(sent)
-                        session.sent(sent, clock())
-                        patience.progressed()
-                    elif timed_out:
-                        patience.check()
-                    else:
+                    chunk = item.read_chunk(_SEND_CHUNK)
+                    if not chunk:
                         raise ConnectionError("file shrank while being sent")
-            finally:
-                item.close()
+                    item.advance(len(chunk))
+                    send_bytes(memoryview(chunk))
+                continue
+            file = item.open()
+            while item.count > 0:
+                # socket.sendfile leaves the file positioned after what it sent, also
+                # when it times out: that is the progress to count.
+                file.seek(item.offset)
+                try:
+                    sock.sendfile(file, item.offset, min(item.count, _SEND_CHUNK))
+                    timed_out = False
+                except TimeoutError:
+                    timed_out = True
+                sent = file.tell() - item.offset
+                if sent > 0:
+                    item.advance(sent)
+                    session.sent(sent, clock())
+                    patience.progressed()
+                elif timed_out:
+                    patience.check()
+                else:
+                    raise ConnectionError("file shrank while being sent")
+        finally:
+            item.close()
 
 
 class _Patience:

@@ -323,11 +323,7 @@ class ReadinessLoop:
             while out:
                 item = out[0]
                 if isinstance(item, FileSlice):
-                    sent = os.sendfile(conn.fd, item.fileno(), item.offset,
-                                       min(item.count, _SENDFILE_CHUNK))
-                    if sent == 0:
-                        raise ConnectionError("file shrank while being sent")
-                    item.advance(sent)
+                    sent = item.send_some(conn.fd, _SENDFILE_CHUNK, self.settings.sendfile)
                     if item.count == 0:
                         item.close()
                         out.popleft()
