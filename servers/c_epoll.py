@@ -5,8 +5,17 @@ The loop itself is the C extension ``servers._cepoll`` (built by setup.py from
 reasons, error bodies, server name) is read here from ``servers/core/wire.json``
 and handed to C, so c-epoll answers with the same bytes as the Python core.
 
-Limits: no ``--root`` (static files). Request bodies (Content-Length or chunked) are
-read and discarded, as in the Python core.
+With ``--redis``, ``/guestbook`` is the core's guestbook app
+(:mod:`servers.core.guestbook`) in C: the same form checks, JSON entries and page,
+its texts read here from wire.json's "guestbook" section (and the core's page call,
+RESP-encoded, from :class:`~servers.core.guestbook.Guestbook`). Redis is reached
+over non-blocking connections in the same epoll: a pool of up to
+``--backend-pool`` per process, one call on each at a time, calls beyond waiting
+FIFO; the connect and reply timeouts and the unix connect retry are the Python
+drivers' (:mod:`servers.drivers.blocking_backend`, :mod:`servers.drivers.redis_connect`).
+
+Limits: no ``--root`` (static files). Other request bodies (Content-Length or
+chunked) are read and discarded, as in the Python core.
 ``--workers N`` runs N processes, each with its own SO_REUSEPORT listener.
 """
 
@@ -21,6 +30,10 @@ from typing import Any
 import servers.core
 from servers.backend import Backend, UsageError
 from servers.cli import main
+from servers.core import guestbook as gb
+from servers.drivers.blocking_backend import CONNECT_TIMEOUT, REPLY_SLACK
+from servers.drivers.redis_connect import RETRY_S
+from servers.redis_addr import RedisAddr
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -43,11 +56,71 @@ def wire_texts(path: Path = WIRE_FILE) -> dict[str, Any]:
     }
 
 
+def _split(template: str, *fields: str) -> list[str]:
+    """``template`` cut at each ``{field}`` in turn (each must be there exactly once)."""
+    pieces, rest = [], template
+    for field in fields:
+        marker = "{" + field + "}"
+        if rest.count(marker) != 1:
+            raise ValueError(f"the guestbook template needs {marker} once: {template!r}")
+        before, _, rest = rest.partition(marker)
+        pieces.append(before)
+    return [*pieces, rest]
+
+
+def guestbook_texts(redis: RedisAddr, wait_ms: float, pool: int,
+                    path: Path = WIRE_FILE) -> dict[str, Any]:
+    """The ``guestbook`` argument of ``_cepoll.serve``: texts, limits and where Redis is."""
+    text = json.loads(path.read_text(encoding="utf-8"))["guestbook"]
+    head_a, head_b = _split(text["page_head"], "visits")
+    entry_a, entry_b, entry_c = _split(text["entry"], "name", "message")
+    call = gb.Guestbook(wait_ms).page_call()
+    if redis.path:
+        host, port = redis.path, -1
+    else:
+        family, _ = redis.socket_args()
+        infos = socket.getaddrinfo(redis.host, redis.port, family, socket.SOCK_STREAM)
+        host, port = infos[0][4][0], redis.port
+    return {
+        "page_call": call.commands,
+        "page_replies": call.replies,
+        "key": gb.ENTRIES_KEY,
+        "kept": gb.KEPT,
+        "max_name": gb.MAX_NAME,
+        "max_message": gb.MAX_MESSAGE,
+        "path": text["path"],
+        "page_type": gb.PAGE_TYPE,
+        "form_type": gb.FORM_TYPE,
+        "reason_303": text["reasons"]["303"],
+        "reason_503": text["reasons"]["503"],
+        "head_a": head_a,
+        "head_b": head_b,
+        "entry_a": entry_a,
+        "entry_b": entry_b,
+        "entry_c": entry_c,
+        "tail": text["page_tail"].format(max_name=gb.MAX_NAME, max_message=gb.MAX_MESSAGE),
+        "see_other_body": text["see_other_body"],
+        "unavailable_body": text["unavailable_body"],
+        "bad_request_prefix": text["bad_request_prefix"],
+        "reply_timeout": wait_ms / 1000 + REPLY_SLACK,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "connect_retry": RETRY_S,
+        "pool": pool,
+        "redis_host": host,
+        "redis_port": port,
+    }
+
+
 class CEpoll(Backend):
-    """Native C epoll loop: one thread, level-triggered, non-blocking (echo and http)."""
+    """Native C epoll loop: one thread, level-triggered, non-blocking (echo and http).
+
+    With ``--redis`` it serves the guestbook over a pool of non-blocking Redis
+    connections in the same epoll (up to ``--backend-pool``)."""
 
     name = "c-epoll"
     workers_mode = "reuseport"
+    guestbook = True
+    backend_pool = True
 
     def validate(self, settings: Settings, options: argparse.Namespace) -> None:
         if settings.root is not None:
@@ -57,6 +130,8 @@ class CEpoll(Backend):
               options: argparse.Namespace) -> None:
         from servers import _cepoll
 
+        book = (guestbook_texts(settings.redis, settings.backend_wait_ms, settings.backend_pool)
+                if settings.redis is not None else None)
         listener.setblocking(False)
         # C owns the descriptor from here on and closes it when it stops.
         fd = listener.detach()
@@ -71,6 +146,7 @@ class CEpoll(Backend):
             write_high_water=settings.write_high_water,
             read_size=settings.read_size,
             shutdown_grace=settings.shutdown_grace,
+            guestbook=book,
             **wire_texts(),
         )
 
