@@ -157,7 +157,10 @@ ENTRIES: tuple[Entry, ...] = (
           "Python servers and the kernel modules are measured against",
           limits="benchmark page only (no --root); "
                  "one core per process (--workers N for more)",
-          event_driven=True, kind="native", static_files=False),
+          event_driven=True, kind="native", static_files=False,
+          guestbook="a pool of up to --backend-pool non-blocking Redis connections in the "
+                    "same epoll (RESP in C), one call on each at a time, calls beyond "
+                    "waiting FIFO"),
     Entry("kecho", "servers.kmod_launch", "kernel", "in-kernel, CMWQ (unbound workqueue)",
           "kmod/kecho.ko: in-kernel echo, a work item per connection on an unbound workqueue",
           limits="needs root and a kernel that loads kmod/*.ko (python -m bench --vm runs "
