@@ -124,7 +124,7 @@ class CEpoll(Backend):
 
     def validate(self, settings: Settings, options: argparse.Namespace) -> None:
         if settings.root is not None:
-            raise UsageError("c-epoll serves only the benchmark page; --root is not supported")
+            raise UsageError("c-epoll serves no static files; --root is not supported")
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:

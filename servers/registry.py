@@ -155,7 +155,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("c-epoll", "servers.c_epoll", "event loop", "epoll",
           "a small C epoll server (servers._cepoll): the native user-space ceiling the "
           "Python servers and the kernel modules are measured against",
-          limits="benchmark page only (no --root); "
+          limits="no --root (static files); "
                  "one core per process (--workers N for more)",
           event_driven=True, kind="native", static_files=False,
           guestbook="a pool of up to --backend-pool non-blocking Redis connections in the "
