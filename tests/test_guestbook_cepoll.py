@@ -6,7 +6,9 @@ Redis: entries written by either are read back identically by the other (odd Uni
 quotes, backslashes, whatever is stored), every refused form gets the core's exact
 400, and a Redis that answers garbage gives 503, then the next call gets a new
 connection. Then the pool: its size cap, pipelining in order, a client that resets
-mid-call, SIGTERM with calls in flight, a unix accept backlog that is full.
+mid-call, SIGTERM with calls in flight, a unix accept backlog that is full; and the
+reply parser: a reply split byte by byte, and mutated replies answered as hiredis
+plus the core answer them.
 Real sockets, a private Redis, every wait bounded.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import selectors
 import signal
@@ -24,6 +27,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import quote
 
+import hiredis
 import pytest
 
 from bench import redis as zredis
@@ -281,8 +285,9 @@ class FakeRedis:
     """A listener that answers each page call, on whatever connection, with the next
     canned reply (after TRUNCATED it closes that connection)."""
 
-    def __init__(self, replies: list[bytes]) -> None:
+    def __init__(self, replies: list[bytes], piece: int = 0) -> None:
         self.replies = list(replies)
+        self.piece = piece  # send each reply in pieces of this many bytes (0: at once)
         self.accepted = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -310,7 +315,13 @@ class FakeRedis:
                     data += chunk
                 data = b""
                 reply = self.replies.pop(0) if self.replies else b""
-                conn.sendall(reply)
+                if self.piece:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    for at in range(0, len(reply), self.piece):
+                        conn.sendall(reply[at:at + self.piece])
+                        time.sleep(0.0005)
+                else:
+                    conn.sendall(reply)
                 if reply == TRUNCATED:
                     return
 
@@ -512,3 +523,122 @@ def test_unix_connect_retried_while_the_backlog_is_full() -> None:
             for f in fillers:
                 f.close()
             lsock.close()
+
+
+def bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+PAGE_REPLY = (b":12\r\n*3\r\n" + bulk(b'{"name": "a", "message": "first"}') + b"$-1\r\n" +
+              bulk(b'{"name": "b", "message": "se\\u00e7"}'))
+
+
+def test_a_reply_in_one_byte_pieces() -> None:
+    """The parser takes a reply however it is split: one byte per segment."""
+    fake = FakeRedis([PAGE_REPLY], piece=1)
+    try:
+        with running_server(CEPOLL, "http", "--redis", f"127.0.0.1:{fake.port}") as srv:
+            (page,) = exchange(srv.port, GET)
+            assert status(page) == 200 and b"Visits: 12</p>" in page
+            body = page.split(b"\r\n\r\n", 1)[1]
+            assert body.index("<b>b</b>: seç".encode()) < body.index(b"<b>?</b>: None") \
+                < body.index(b"<b>a</b>: first")
+            no_traceback(srv)
+    finally:
+        fake.close()
+
+
+def encode_reply(value: object) -> bytes:
+    """A decoded reply written back in RESP's one canonical form."""
+    if isinstance(value, hiredis.ReplyError):
+        return b"-%s\r\n" % str(value).encode()
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, list):
+        return b"*%d\r\n" % len(value) + b"".join(encode_reply(v) for v in value)
+    assert isinstance(value, bytes)
+    return bulk(value)
+
+
+def core_verdict(reply: bytes) -> tuple[int, bytes] | None:
+    """What the core answers to ``reply`` as the page call's replies, decoded by hiredis:
+    (status, body); (0, b"") where hiredis is laxer than RESP (it took bytes that are
+    not the canonical form of what it decoded: a bulk string without its CRLF, say,
+    which c-epoll may refuse); None if hiredis still waits for more (a cut reply)."""
+    reader = hiredis.Reader()
+    reader.feed(reply)
+    replies: list[object] = []
+    try:
+        while (got := reader.gets()) is not False:
+            replies.append(got)
+    except hiredis.ProtocolError:
+        return 503, guestbook.unavailable().body
+    if len(replies) < 2:
+        return None
+    if len(replies) > 2 or reader.has_data():
+        return 503, guestbook.unavailable().body  # bytes nobody asked for
+    if b"".join(encode_reply(r) for r in replies) != reply:
+        return 0, b""
+    answer = guestbook.Guestbook(0).render_page(replies)
+    return answer.status, answer.body
+
+
+def test_mutated_replies_answered_as_the_core_answers_them() -> None:
+    """Page-call replies with bytes changed, cut or repeated, each decoded by hiredis
+    and rendered by the core: c-epoll gives the same status and body (503 for
+    garbage); then a good reply is served: the parser is bounded and recovers."""
+    rng = random.Random(18)
+    cases: list[tuple[bytes, tuple[int, bytes]]] = []
+    while len(cases) < 200:
+        data = bytearray(PAGE_REPLY)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data))
+            kind = rng.randrange(3)
+            if kind == 0:
+                data[at] = rng.choice(b"\r\n:$*-+0123456789x\xff")
+            elif kind == 1:
+                del data[at:at + rng.randint(1, 8)]
+            else:
+                data[at:at] = data[at:at + rng.randint(1, 8)]
+        verdict = core_verdict(bytes(data))
+        if verdict is not None:  # a cut reply would only wait for the reply timeout
+            cases.append((bytes(data), verdict))
+    fake = FakeRedis([c[0] for c in cases] + [GOOD])
+    try:
+        with running_server(CEPOLL, "http", "--redis", f"127.0.0.1:{fake.port}") as srv:
+            for reply, (want_status, want_body) in cases:
+                (answer,) = exchange(srv.port, GET)
+                body = answer.split(b"\r\n\r\n", 1)[1]
+                if want_status:
+                    assert (status(answer), body) == (want_status, want_body), reply
+                else:
+                    assert status(answer) in (200, 503), reply
+            (page,) = exchange(srv.port, GET)
+            assert status(page) == 200 and b"Visits: 5</p>" in page
+            no_traceback(srv)
+    finally:
+        fake.close()
+
+
+def test_many_clients_wait_at_once(redis: zredis.PrivateRedis) -> None:
+    """200 clients, a 200 ms wait each, one loop: all answered in about one wait (the
+    pool grows to the calls in flight), not 200 waits."""
+    n = 200
+    with running_server(CEPOLL, "http", "--redis", str(redis.addr),
+                        "--backend-wait-ms", "200") as srv:
+        socks = open_clients(srv.port, n)
+        try:
+            start = time.monotonic()
+            for s in socks:
+                s.sendall(GET)
+            for s in socks:
+                assert status(read_responses(s, 1, timeout=20)[0]) == 200
+            took = time.monotonic() - start
+        finally:
+            for s in socks:
+                s.close()
+        assert took < 10, f"{took:.1f} s"
+        assert 1 < clients(redis.addr)[0] <= n
+        no_traceback(srv)
