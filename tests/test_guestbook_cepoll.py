@@ -4,8 +4,8 @@ c-epoll re-implements the app in C: the form checks, the JSON entries, the page 
 small RESP parser. Here the core is the reference, driven in-process on the same
 Redis: entries written by either are read back identically by the other (odd Unicode,
 quotes, backslashes, whatever is stored), every refused form gets the core's exact
-400, and a Redis that answers garbage gives 503, then the next call gets a new
-connection. Then the pool: its size cap, pipelining in order, a client that resets
+400 (random bodies and stored bytes too, by hypothesis), and a Redis that answers
+garbage gives 503, then the next call gets a new connection. Then the pool: its size cap, pipelining in order, a client that resets
 mid-call, SIGTERM with calls in flight, a unix accept backlog that is full; and the
 reply parser: a reply split byte by byte, and mutated replies answered as hiredis
 plus the core answer them.
@@ -29,6 +29,8 @@ from urllib.parse import quote
 
 import hiredis
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench import redis as zredis
 from servers.core import guestbook, resp
@@ -199,6 +201,27 @@ def test_any_stored_entry_is_shown_as_the_core_shows_it(raw: bytes, cepoll: int,
     assert same(page_of(cepoll)) == same(core_answer(shared_redis.addr, GET))
 
 
+JSON_VALUES = st.one_of(st.text(max_size=12), st.integers(-10**20, 10**20), st.booleans(),
+                        st.none())
+STORED = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=40).map(lambda t: t.encode()),
+    st.builds(lambda d, ascii_: json.dumps(d, ensure_ascii=ascii_).encode(),
+              st.dictionaries(st.sampled_from(["name", "message", "other"]), JSON_VALUES),
+              st.booleans()),
+    st.builds(lambda v: json.dumps(v).encode(), st.lists(JSON_VALUES, max_size=3)),
+)
+
+
+@given(raw=STORED)
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_stored_bytes_shown_as_the_core_shows_them(raw: bytes, cepoll: int,
+                                                       shared_redis: zredis.PrivateRedis) -> None:
+    push_raw(shared_redis.addr, raw)
+    assert same(page_of(cepoll)) == same(core_answer(shared_redis.addr, GET))
+
+
 # -- the form: the core's exact 400s ----------------------------------------------------
 
 
@@ -262,6 +285,27 @@ def test_accepted_forms_store_what_the_core_stores(body: bytes, content_type: st
     (got,) = exchange(cepoll, request)
     assert normalised(got) == normalised(want) and status(got) == 303
     assert stored(shared_redis.addr) == by_core
+
+
+FORM_PIECES = ["name", "message", "=", "=", "&", "&", "+", "%", "%2", "%20", "%0A", "%0d",
+               "%09", "%ff", "%C3", "%A9", "%C3%A9", "%E3%80%80", "%F0%9F%98%80", "é", "\u3000",
+               "\u00a0", "'", '"', "\\", "a", "xyz", "%01", "%7F", "%E2%80%A8", "%27", "%22",
+               "%5C", " ", "\x85"]
+
+
+@given(pieces=st.lists(st.sampled_from(FORM_PIECES), max_size=14))
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_form_is_judged_as_the_core_judges_it(pieces: list[str], cepoll: int,
+                                                  shared_redis: zredis.PrivateRedis) -> None:
+    """Bodies made of the form's tricky pieces: the same 400 (or 303 and the same entry)."""
+    request = post("".join(pieces).encode())
+    want = core_answer(shared_redis.addr, request)
+    by_core = stored(shared_redis.addr) if status(want) == 303 else None
+    (got,) = exchange(cepoll, request)
+    assert normalised(got) == normalised(want)
+    if by_core is not None:
+        assert stored(shared_redis.addr) == by_core
 
 
 def test_chunked_post_is_read(cepoll: int, shared_redis: zredis.PrivateRedis) -> None:
