@@ -11,6 +11,15 @@
  * name) comes from the caller, who reads servers/core/wire.json; only the shape
  * of a response (WIRE.md) lives here.  The GIL is released while the loop runs
  * and taken back at least every 200 ms to run Python signal handlers.
+ *
+ * With a Redis (the guestbook argument), /guestbook is the core's guestbook app
+ * (servers/core/guestbook.py) redone in C: a request that needs Redis becomes a
+ * call that waits, FIFO, for a connection of a pool of non-blocking Redis
+ * connections in the same epoll (up to --backend-pool, one call on each at a
+ * time); the client is not read or parsed until the call is answered, so its
+ * responses stay in request order.  Replies are read by a small bounded RESP
+ * parser; a connection that fails, closes, times out or sends garbage fails its
+ * call (503) and is closed, and the next call opens a new one.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -1727,6 +1736,11 @@ static void gb_respond(srv_t *s, sconn_t *c)
     buf_t cmd = {0}, why = {0};
     int refused = gb_form(s, c->form_ok, c->body ? c->body : "", c->body_len, &cmd, &why);
     c->body_len = 0;
+    if (c->body_cap > 65536) {
+        free(c->body);          /* a big body is not kept for the next request */
+        c->body = NULL;
+        c->body_cap = 0;
+    }
     if (refused || cmd.fail || why.fail) {
         gb_bad(s, c, c->pend_mode, why.d ? why.d : "", why.fail ? 0 : why.n);
         free(cmd.d);
