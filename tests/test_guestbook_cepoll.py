@@ -5,10 +5,10 @@ small RESP parser. Here the core is the reference, driven in-process on the same
 Redis: entries written by either are read back identically by the other (odd Unicode,
 quotes, backslashes, whatever is stored), every refused form gets the core's exact
 400 (random bodies and stored bytes too, by hypothesis), and a Redis that answers
-garbage gives 503, then the next call gets a new connection. Then the pool: its size cap, pipelining in order, a client that resets
-mid-call, SIGTERM with calls in flight, a unix accept backlog that is full; and the
-reply parser: a reply split byte by byte, and mutated replies answered as hiredis
-plus the core answer them.
+garbage gives 503, then the next call gets a new connection. Then the pool: its size
+cap, pipelining in order, a client that resets mid-call, SIGTERM with calls in
+flight, a unix accept backlog that is full; and the reply parser: a reply split byte
+by byte, and mutated replies answered as hiredis plus the core answer them.
 Real sockets, a private Redis, every wait bounded.
 """
 
