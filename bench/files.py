@@ -22,9 +22,23 @@ def pattern_byte(i: int) -> int:
     return (i * 7 + (i >> 8) * 13 + (i >> 16) * 17 + 0x5A) & 0xFF
 
 
+# Within the 256-byte block k, byte j is (7j + c_k) & 0xFF: one translation of a base block.
+_BASE = bytes((7 * j) & 0xFF for j in range(256))
+_SHIFT = [bytes((x + c) & 0xFF for x in range(256)) for c in range(256)]
+
+
+def _block(k: int) -> bytes:
+    return _BASE.translate(_SHIFT[pattern_byte(k << 8)])
+
+
 def pattern(offset: int, count: int) -> bytes:
     """Bytes ``offset .. offset + count`` of every generated file."""
-    return bytes(pattern_byte(i) for i in range(offset, offset + count))
+    if count <= 0:
+        return b""
+    first, last = offset >> 8, (offset + count - 1) >> 8
+    data = b"".join(_block(k) for k in range(first, last + 1))
+    start = offset - (first << 8)
+    return data[start:start + count]
 
 
 def file_name(size: int) -> str:
