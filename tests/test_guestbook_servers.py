@@ -190,9 +190,9 @@ def test_redis_lost_mid_load_then_back(entry: Entry) -> None:
     with own, running_server(entry, "http", "--redis", str(own.tcp_addr)) as srv:
         results: list[dict] = []
         load = threading.Thread(target=lambda: results.append(loadgen.run(
-            "127.0.0.1", srv.port, "guestbook", 4, 2.0, threads=1, timeout=2.0)))
+            "127.0.0.1", srv.port, "guestbook", 4, 1.2, threads=1, timeout=2.0)))
         load.start()
-        time.sleep(0.5)  # the load is running: now take Redis away, mid-run
+        time.sleep(0.3)  # the load is running: now take Redis away, mid-run
         own.stop()
         lost = exchange(srv.port, b"GET /guestbook HTTP/1.1\r\nHost: t\r\n\r\n")[0]
         assert status(lost) == 503
