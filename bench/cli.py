@@ -10,7 +10,8 @@ answered). The zoo has 16 user-space servers and four workloads (echo, the page,
 a 64 KiB file, the guestbook with a 10 ms backend wait: the series' app, where
 the models part ways): 16 x 4 x 3 concurrencies (10, 100, 1000) x 2 repeats =
 384 runs; 256 x 1.1 s + 128 x 1.7 s = ~8.5 minutes, with room for a busy
-machine, plus a second for Redis and the files. The single-connection column
+machine, plus a second for Redis and the files (measured: 414 runs, kernel and n/a
+rows included, in 7 min 39 s on a quiet 2-core machine). The single-connection column
 was dropped to make room for the app workloads (``--concurrency 1,...`` brings
 it back), and two repeats give a spread rather than a median of three. Kernel
 rows, and n/a rows (a server that cannot serve a workload), cost nothing.
