@@ -55,7 +55,8 @@ ENTRIES: tuple[Entry, ...] = (
           max_in_flight=1),
     Entry("threaded", "servers.threaded", "thread", "blocking",
           "a thread per connection, blocking sockets",
-          limits="a thread (256 KiB stack) per client; the GIL serialises the Python work",
+          limits="a thread (256 KiB stack) per client; the GIL serialises the Python work; "
+                 "thousands of clients leaving at once can stall it for seconds",
           sendfile=True,
           guestbook="a blocking Redis connection per client thread, opened on first use"),
     Entry("epoll", "servers.epoll_raw", "event loop", "epoll",
@@ -118,7 +119,7 @@ ENTRIES: tuple[Entry, ...] = (
           guestbook="a pool of up to --backend-pool non-blocking Redis connections in the "
                     "same poller, one call on each at a time, calls beyond waiting FIFO"),
     Entry("trio", "servers.trio_srv", "coroutine", "epoll (trio)",
-          "trio.serve_listeners, a task per connection, cancel scopes for timeouts "
+          "its own accept loop, a task per connection, cancel scopes for timeouts "
           "and shutdown",
           limits="one core per process (--workers N for more); files by sendfile(2) "
                  "after wait_writable",
