@@ -69,7 +69,7 @@ from servers.backend import Backend, UsageError
 from servers.cli import main
 from servers.core import FileSlice, Session, session_factory
 from servers.drivers.accepting import AcceptBackoff
-from servers.drivers.redis_pool import Close, Done, Link, Open, RedisPool, Send
+from servers.drivers.redis_pool import Link, RedisPool
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -643,19 +643,8 @@ class UringLoop:
         """Perform what the pool asks, until it asks nothing (a finished call's session
         may queue the next call, whose effects are performed in the same turn)."""
         assert self.pool is not None
-        while True:
-            effects = self.pool.take_effects()
-            if not effects:
-                return
-            for effect in effects:
-                if isinstance(effect, Done):
-                    self._backend_done(effect.owner, effect.replies)  # type: ignore[arg-type]
-                elif isinstance(effect, Send):
-                    self._redis_send(effect.link)
-                elif isinstance(effect, Open):
-                    self._redis_open(effect.link)
-                elif isinstance(effect, Close):
-                    self._redis_close(effect.link)
+        self.pool.perform(self._backend_done, self._redis_send, self._redis_open,
+                          self._redis_close)
 
     def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
         if conn.closed:

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from servers.core.guestbook import BackendCall
 from servers.drivers.redis_connect import RETRY_S, unix_connect
-from servers.drivers.redis_pool import Close, Done, Link, Open, RedisPool, Send
+from servers.drivers.redis_pool import Link, RedisPool
 from servers.redis_addr import RedisAddr
 from servers.settings import Settings
 
@@ -124,16 +124,8 @@ class AioBackend:
             return  # the outer call performs what this one would
         self._driving = True
         try:
-            while effects := self.pool.take_effects():
-                for effect in effects:
-                    if isinstance(effect, Done):
-                        effect.owner.backend_done(effect.replies)  # type: ignore[attr-defined]
-                    elif isinstance(effect, Send):
-                        self._send(effect.link)
-                    elif isinstance(effect, Open):
-                        self._open(effect.link)
-                    elif isinstance(effect, Close):
-                        effect.link.handle.close()
+            self.pool.perform(lambda owner, replies: owner.backend_done(replies),
+                              self._send, self._open, lambda link: link.handle.close())
         finally:
             self._driving = False
 

@@ -37,7 +37,7 @@ from servers.core import FileSlice, Session, session_factory
 from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.pollers import Poller
 from servers.drivers.redis_connect import RETRY_S, unix_connect
-from servers.drivers.redis_pool import Close, Done, Link, Open, RedisPool, Send
+from servers.drivers.redis_pool import Link, RedisPool
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -401,19 +401,8 @@ class ReadinessLoop:
         """Perform what the pool asks, until it asks nothing (a finished call's session
         may queue the next call, whose effects are performed in the same turn)."""
         assert self.pool is not None
-        while True:
-            effects = self.pool.take_effects()
-            if not effects:
-                return
-            for effect in effects:
-                if isinstance(effect, Done):
-                    self._backend_done(effect.owner, effect.replies)  # type: ignore[arg-type]
-                elif isinstance(effect, Send):
-                    self._link_write(effect.link)
-                elif isinstance(effect, Open):
-                    self._link_open(effect.link)
-                elif isinstance(effect, Close):
-                    self._link_close(effect.link)
+        self.pool.perform(self._backend_done, self._link_write, self._link_open,
+                          self._link_close)
 
     def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
         if self.conns.get(conn.fd) is not conn:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import hiredis
@@ -174,6 +174,22 @@ class RedisPool:
     @property
     def has_effects(self) -> bool:
         return bool(self._effects)
+
+    def perform(self, done: Callable[[Any, list[object] | None], None],
+                send: Callable[[Link], None], open_: Callable[[Link], None],
+                close: Callable[[Link], None]) -> None:
+        """Take the effects and hand each to the driver's own way of doing it, until none
+        are left (a finished call's session may queue the next call: same turn)."""
+        while effects := self.take_effects():
+            for effect in effects:
+                if isinstance(effect, Done):
+                    done(effect.owner, effect.replies)
+                elif isinstance(effect, Send):
+                    send(effect.link)
+                elif isinstance(effect, Open):
+                    open_(effect.link)
+                elif isinstance(effect, Close):
+                    close(effect.link)
 
     # -- what the owners do ------------------------------------------------------------
 
