@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import hiredis
 import pytest
@@ -20,18 +19,14 @@ from hypothesis import strategies as st
 from bench import redis as zredis
 from servers.core import guestbook, resp
 from servers.core.guestbook import AppResponse, BackendCall, Guestbook
+from tests.private_redis import private_redis
 
 FORM = b"application/x-www-form-urlencoded"
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[zredis.PrivateRedis]:
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance:
-        yield instance
+def redis(shared_redis: zredis.PrivateRedis) -> zredis.PrivateRedis:
+    return shared_redis
 
 
 @pytest.fixture
@@ -200,11 +195,7 @@ def test_backend_wait_is_real_and_calibrated(clean: zredis.PrivateRedis) -> None
 
 
 def test_private_redis_stops_restarts_and_leaves_nothing() -> None:
-    try:
-        r = zredis.PrivateRedis(hz=10)
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with r:
+    with private_redis(hz=10) as r:
         assert zredis.info(r.tcp_addr)["hz"] == "10"
         warning = zredis.hz_warning(r.addr, 10)
         assert warning is not None and "hz 10" in warning

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench import redis as zredis
+from tests.private_redis import private_redis
 from tests.servers import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,11 +47,8 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
 
 
 def test_chromium_signs_the_guestbook(browser: webdriver.Chrome) -> None:
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance, running_server("threaded", "http", "--redis", str(instance.addr)) as srv:
+    with private_redis() as instance, \
+            running_server("threaded", "http", "--redis", str(instance.addr)) as srv:
         url = f"http://127.0.0.1:{srv.port}/guestbook"
         browser.get(url)
         assert browser.find_element(By.TAG_NAME, "h1").text == "Guestbook"

@@ -37,6 +37,7 @@ from servers.core import guestbook, resp
 from servers.core.http import HttpApp
 from servers.registry import BY_NAME
 from servers.settings import Settings
+from tests.private_redis import private_redis
 from tests.servers import running_server
 from tests.test_guestbook_loops import (
     GET,
@@ -63,24 +64,10 @@ ODD = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[zredis.PrivateRedis]:
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance:
-        yield instance
-
-
 @pytest.fixture
 def redis() -> Iterator[zredis.PrivateRedis]:
     """A Redis of the test's own, whose client counts are the server's connections."""
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance:
+    with private_redis() as instance:
         yield instance
 
 

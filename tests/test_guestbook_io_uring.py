@@ -28,6 +28,7 @@ import pytest
 from bench import redis as zredis
 from servers.redis_addr import RedisAddr
 from servers.registry import BY_NAME, Entry
+from tests.private_redis import private_redis
 from tests.servers import RunningServer, running_server
 from tests.test_guestbook_servers import read_responses, status
 
@@ -35,16 +36,6 @@ RINGS = [BY_NAME[name] for name in ("io_uring", "io_uring-single")]
 IDS = [e.name for e in RINGS]
 GET = b"GET /guestbook HTTP/1.1\r\nHost: t\r\n\r\n"
 PAGE = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[zredis.PrivateRedis]:
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance:
-        yield instance
 
 
 @pytest.fixture
@@ -189,11 +180,7 @@ def test_redis_refusing_fails_every_call_then_recovery(entry: Entry) -> None:
     """More calls than --backend-pool to a Redis that is not there (TCP, refused on the
     ring's connect): every one answered 503, waiters included, the page still served;
     Redis started at that address: answered 200, no restart."""
-    try:
-        own = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with own, running_server(entry, "http", "--redis", str(own.tcp_addr),
+    with private_redis() as own, running_server(entry, "http", "--redis", str(own.tcp_addr),
                              "--backend-pool", "2") as srv:
         own.stop()
         socks = open_clients(srv.port, 6)
@@ -217,11 +204,7 @@ def test_redis_refusing_fails_every_call_then_recovery(entry: Entry) -> None:
 def test_redis_lost_while_calls_block_in_it(entry: Entry) -> None:
     """Redis stopped while calls block in it (and more wait for a connection): each
     client gets a 503, none waits for its reply timeout; back, then 200."""
-    try:
-        own = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with own, running_server(entry, "http", "--redis", str(own.tcp_addr),
+    with private_redis() as own, running_server(entry, "http", "--redis", str(own.tcp_addr),
                              "--backend-wait-ms", "3000", "--backend-pool", "2") as srv:
         socks = open_clients(srv.port, 4)
         try:
@@ -297,8 +280,10 @@ def listen_queue(path: str) -> int:
     return int(out[2]) if len(out) > 2 else 0
 
 
-# The readiness loop meets the same full backlog and retries the same way.
-BACKLOG_SERVERS = RINGS + [BY_NAME["epoll"], BY_NAME["poll"]]
+# Every event loop's Redis pool meets the same full backlog and retries the same way
+# (servers/drivers/redis_connect.py): the readiness loop, asyncio, uvloop, trio.
+BACKLOG_SERVERS = RINGS + [BY_NAME[name] for name in ("epoll", "poll", "asyncio", "uvloop",
+                                                      "trio")]
 
 
 @pytest.mark.parametrize("entry", BACKLOG_SERVERS, ids=[e.name for e in BACKLOG_SERVERS])
@@ -308,11 +293,7 @@ def test_unix_connects_beyond_the_redis_backlog_are_tried_again(entry: Entry) ->
     within the connect timeout, every call is answered 200, none 503."""
     if shutil.which("ss") is None:
         pytest.skip("needs ss (iproute2) to see Redis's accept backlog")
-    try:
-        own = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with own, running_server(entry, "http", "--redis", str(own.addr)) as srv:
+    with private_redis() as own, running_server(entry, "http", "--redis", str(own.addr)) as srv:
         pid = int(zredis.info(own.addr)["process_id"])
         socks = open_clients(srv.port, 700)
         os.kill(pid, signal.SIGSTOP)
@@ -332,3 +313,4 @@ def test_unix_connects_beyond_the_redis_backlog_are_tried_again(entry: Entry) ->
             for s in socks:
                 s.close()
         healthy(srv)
+        assert "Exception" not in srv.stderr_text()

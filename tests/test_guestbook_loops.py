@@ -12,14 +12,11 @@ the pool's connections), every wait bounded.
 from __future__ import annotations
 
 import contextlib
-import os
 import selectors
-import shutil
 import signal
 import socket
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,22 +24,12 @@ from bench import redis as zredis
 from servers.core.guestbook import VISITS_KEY
 from servers.drivers.blocking_backend import REPLY_SLACK
 from servers.registry import BY_NAME, Entry
+from tests.private_redis import private_redis
 from tests.servers import running_server
-from tests.test_guestbook_io_uring import listen_queue
 from tests.test_guestbook_servers import exchange, read_responses, status
 
 LOOPS = [BY_NAME[name] for name in ("asyncio", "uvloop", "trio")]
 GET = b"GET /guestbook HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[zredis.PrivateRedis]:
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance:
-        yield instance
 
 
 @pytest.fixture
@@ -312,51 +299,13 @@ def test_sigterm_with_calls_longer_than_the_grace(entry: Entry,
         wait_for(redis.addr, connected=0, blocked=0, timeout=5)
 
 
-@pytest.mark.parametrize("entry", LOOPS, ids=[e.name for e in LOOPS])
-def test_unix_connects_beyond_the_redis_backlog_are_tried_again(entry: Entry) -> None:
-    """Redis stopped (SIGSTOP) while 700 calls at once open 700 unix connections: its
-    backlog takes 512, the rest meet EAGAIN (uvloop raises it; the stdlib loop and trio
-    would hand back an unconnected socket) and are tried again; Redis resumed within
-    the connect timeout, every call is answered 200."""
-    if shutil.which("ss") is None:
-        pytest.skip("needs ss (iproute2) to see Redis's accept backlog")
-    try:
-        own = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with own, running_server(entry, "http", "--redis", str(own.addr)) as srv:
-        pid = int(zredis.info(own.addr)["process_id"])
-        socks = open_clients(srv.port, 700)
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            for s in socks:
-                s.sendall(GET)
-            deadline = time.monotonic() + 10
-            while listen_queue(own.addr.path) <= 511:  # full: the next connect is refused
-                assert time.monotonic() < deadline, listen_queue(own.addr.path)
-                time.sleep(0.01)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        try:
-            for s in socks:
-                assert status(read_responses(s, 1, timeout=20)[0]) == 200
-        finally:
-            for s in socks:
-                s.close()
-        no_traceback(srv)
-
-
 def test_trio_reuses_no_stream_redis_closed() -> None:
     """Redis restarted between calls: the pool's idle streams are dead, and the next
     calls are answered 200 on new ones, not 503 on a dead one. trio reads no idle
     stream, so it checks each before reuse. (The asyncio loops read every connection
     and drop one when Redis closes it; checking that from here would race the loop.)"""
     entry = BY_NAME["trio"]
-    try:
-        own = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with own, running_server(entry, "http", "--redis", str(own.tcp_addr),
+    with private_redis() as own, running_server(entry, "http", "--redis", str(own.tcp_addr),
                              "--backend-wait-ms", "200") as srv:
         socks = open_clients(srv.port, 3)
         try:

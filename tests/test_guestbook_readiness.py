@@ -197,16 +197,6 @@ def test_close_fails_everything_and_later_calls() -> None:
 # -- the servers ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[zredis.PrivateRedis]:
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance:
-        yield instance
-
-
 @pytest.fixture
 def redis(shared_redis: zredis.PrivateRedis) -> Iterator[zredis.Client]:
     """A connection to the module's Redis for counting, once the previous test's

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
@@ -24,6 +23,7 @@ from servers.core import guestbook, wire
 from servers.core.http import HttpApp
 from servers.registry import Entry
 from servers.settings import Settings
+from tests.private_redis import private_redis
 from tests.servers import REPO, ids, running_server, user_space_entries
 
 SERVING = [e for e in user_space_entries() if e.guestbook]
@@ -34,13 +34,8 @@ FORM = b"Content-Type: application/x-www-form-urlencoded\r\n"
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[zredis.PrivateRedis]:
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance:
-        yield instance
+def redis(shared_redis: zredis.PrivateRedis) -> zredis.PrivateRedis:
+    return shared_redis
 
 
 def post_request(fields: dict[str, str], extra: bytes = b"") -> bytes:
@@ -183,11 +178,7 @@ def test_backend_wait_is_spent_in_redis(entry: Entry, redis: zredis.PrivateRedis
 @pytest.mark.parametrize("entry", SERVING, ids=ids(SERVING))
 def test_redis_lost_mid_load_then_back(entry: Entry) -> None:
     """503 while Redis is away, every other route served, recovery without a restart."""
-    try:
-        own = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with own, running_server(entry, "http", "--redis", str(own.tcp_addr)) as srv:
+    with private_redis() as own, running_server(entry, "http", "--redis", str(own.tcp_addr)) as srv:
         results: list[dict] = []
         load = threading.Thread(target=lambda: results.append(loadgen.run(
             "127.0.0.1", srv.port, "guestbook", 4, 1.2, threads=1, timeout=2.0)))

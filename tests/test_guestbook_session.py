@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -41,13 +40,8 @@ VISITS = re.compile(rb"Visits: (\d+)</p>")
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[zredis.PrivateRedis]:
-    try:
-        instance = zredis.PrivateRedis()
-    except zredis.RedisError as exc:
-        pytest.skip(str(exc))
-    with instance:
-        yield instance
+def redis(shared_redis: zredis.PrivateRedis) -> zredis.PrivateRedis:
+    return shared_redis
 
 
 def perform(client: zredis.Client, commands: bytes, count: int) -> list[object]:
