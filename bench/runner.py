@@ -46,10 +46,10 @@ from typing import Any
 import psutil
 
 from bench import metrics
+from servers.backend import unavailable_reason
 
 READY_TIMEOUT = 10.0
 STOP_GRACE = 2.0
-SKIP_EXIT = 3
 CLIENT_BOUND_UTIL = 0.9
 LOADGEN_START_S = 0.05  # no load generator connects sooner (python start-up)
 CONNECTED_TO_CLOCK_S = 0.02  # from its first connection to the start of its warm-up
@@ -203,12 +203,16 @@ class Server:
     stderr_path: str
     descendants: list[psutil.Process] = field(default_factory=list)
 
-    def stderr_tail(self, lines: int = 3) -> str:
+    def stderr_text(self) -> str:
+        """The end of what the server wrote on stderr (its last 4,000 bytes)."""
         try:
             with open(self.stderr_path, "rb") as f:
-                text = f.read()[-4000:].decode(errors="replace")
+                return f.read()[-4000:].decode(errors="replace")
         except OSError:
             return ""
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        text = self.stderr_text()
         return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
     def alive(self) -> bool:
@@ -310,9 +314,10 @@ def start_server(
         code = proc.poll()
         if code is not None:
             tail = server.stderr_tail(1) or "no message"
+            reason = unavailable_reason(code, server.stderr_text())
             server.stop()
-            if code == SKIP_EXIT:
-                raise StartFailure(tail.removeprefix("skipped:").strip(), skipped=True)
+            if reason is not None:
+                raise StartFailure(reason, skipped=True)
             raise StartFailure(f"exited before ready ({_exit_text(code)}): {tail}")
         if time.monotonic() > deadline:
             tail = server.stderr_tail(1)

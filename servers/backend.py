@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import socket
-from typing import TYPE_CHECKING, ClassVar
+import sys
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 if TYPE_CHECKING:
     from servers.settings import Settings
@@ -20,6 +21,36 @@ if TYPE_CHECKING:
 
 class UsageError(Exception):
     """A flag combination this backend cannot honour; reported like a bad flag (exit 2)."""
+
+
+EXIT_UNAVAILABLE = 3
+"""Exit status of a server that cannot run on this machine (see :class:`Unavailable`)."""
+
+UNAVAILABLE_PREFIX = "skipped: "
+
+
+class Unavailable(Exception):
+    """This server cannot run on this machine: a kernel feature, a binding or a privilege
+    is missing. Not a failure: the launcher prints ``skipped: REASON`` on stderr and exits
+    with :data:`EXIT_UNAVAILABLE`, and the harness and the tests report it as skipped."""
+
+
+def exit_unavailable(reason: str) -> NoReturn:
+    """Announce that this server cannot run here, and exit (the one way to say so)."""
+    print(f"{UNAVAILABLE_PREFIX}{reason}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_UNAVAILABLE)
+
+
+def unavailable_reason(returncode: int | None, stderr: str) -> str | None:
+    """The reason a server process gave for not running here, or None if it did not
+    exit that way (for whoever started it: the harness, the tests)."""
+    if returncode != EXIT_UNAVAILABLE:
+        return None
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(UNAVAILABLE_PREFIX):
+            return line[len(UNAVAILABLE_PREFIX):].strip()
+    return lines[-1] if lines else "no reason given"
 
 
 class Backend:
@@ -52,7 +83,8 @@ class Backend:
         """Raise :class:`UsageError` for settings this backend cannot honour."""
 
     def prepare(self, settings: Settings, options: argparse.Namespace) -> None:
-        """Run once in the launching process before any worker starts (probes, limits)."""
+        """Run once in the launching process before any worker starts (probes, limits).
+        Raise :class:`Unavailable` when this machine cannot run the model."""
 
     def serve(
         self,

@@ -19,7 +19,7 @@ from servers.argtypes import (
     positive_int,
     redis_addr,
 )
-from servers.backend import Backend, UsageError
+from servers.backend import Backend, Unavailable, UsageError, exit_unavailable
 from servers.listener import announce, open_listener
 from servers.settings import Settings
 from servers.stop import StopSignal
@@ -144,6 +144,8 @@ def main(backend: Backend, argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     try:
         backend.prepare(settings, options)
+    except Unavailable as exc:
+        exit_unavailable(f"{backend.name}: {exc}")
     except OSError as exc:
         print(f"{backend.name}: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -65,7 +65,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from servers.backend import Backend, UsageError
+from servers.backend import Backend, Unavailable, UsageError
 from servers.cli import main
 from servers.core import FileSlice, Session, session_factory
 from servers.drivers.accepting import AcceptBackoff
@@ -93,14 +93,15 @@ _CANCEL = "cancel"
 
 
 def _load_binding() -> Any:
-    """Import ``uring_api`` or raise OSError saying why io_uring cannot be used."""
+    """Import ``uring_api`` or raise :class:`Unavailable` saying why io_uring cannot be used."""
     try:
         import uring_api
     except ImportError as exc:
-        raise OSError(f"io_uring binding not installed (pip install uring-api): {exc}") from None
+        raise Unavailable(f"io_uring binding not installed (pip install uring-api): {exc}") \
+            from None
     missing = getattr(uring_api, "_native_import_error", None)
     if missing is not None:
-        raise OSError(f"uring-api has no native part ({missing}); install the wheel with "
+        raise Unavailable(f"uring-api has no native part ({missing}); install the wheel with "
                       "--only-binary uring-api")
     return uring_api
 
@@ -108,13 +109,13 @@ def _load_binding() -> Any:
 def probe() -> dict[str, bool]:
     """Open a ring, complete one recv on a socket pair, report optional features.
 
-    Raises OSError with a one-line reason when io_uring is unusable.
+    Raises :class:`Unavailable` with a one-line reason when io_uring is unusable.
     """
     uring = _load_binding()
     features = uring.probe()
     if not features.get("available"):
-        raise OSError("io_uring unavailable: the kernel refused to create a ring "
-                      "(disabled by sysctl kernel.io_uring_disabled, seccomp or too old)")
+        raise Unavailable("io_uring unavailable: the kernel refused to create a ring "
+                          "(disabled by sysctl kernel.io_uring_disabled, seccomp or too old)")
     left, right = socket.socketpair()
     try:
         with uring.Ring(entries=4) as ring:
@@ -124,7 +125,9 @@ def probe() -> dict[str, bool]:
             right.send(b"!")
             done = ring.wait(2.0) or []
             if not done or done[0].res != 1 or buf != b"!":
-                raise OSError("io_uring unavailable: a probe recv did not complete")
+                raise Unavailable("io_uring unavailable: a probe recv did not complete")
+    except OSError as exc:
+        raise Unavailable(f"io_uring unavailable: {exc}") from None
     finally:
         left.close()
         right.close()

@@ -6,10 +6,12 @@ waits until the port accepts a connection, prints ``listening on HOST:PORT``,
 then waits for SIGINT or SIGTERM and unloads the module. It builds nothing: the
 modules come from ``make -C kmod`` for the running kernel.
 
-Exit status 3 means *skipped*: not root, the module file is missing, the running
-kernel refuses to load it (a ``nomodule`` host, another kernel version, the module
-already loaded, ...). The reason is printed on stderr as ``skipped: REASON``; the
-harness reports such a server as skipped, not failed. Other failures exit 1.
+A module that cannot run here (not root, the module file is missing, the running
+kernel refuses to load it: a ``nomodule`` host, another kernel version, the module
+already loaded, ...) is :class:`~servers.backend.Unavailable`, reported the way every
+server reports it (``skipped: REASON``, exit status
+:data:`~servers.backend.EXIT_UNAVAILABLE`); the harness and the tests count it as
+skipped, not failed. Other failures exit 1.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from servers.backend import Unavailable, exit_unavailable
+
 KMOD_DIR = Path(__file__).resolve().parent.parent / "kmod"
-EXIT_SKIPPED = 3
 SYS_FINIT_MODULE = 313  # x86_64
 SYS_DELETE_MODULE = 176  # x86_64
 READY_TIMEOUT = 10.0
@@ -50,20 +53,16 @@ SERVERS: dict[str, KernelServer] = {
 }
 
 
-class Skipped(Exception):
-    """The module cannot be run here; the message says why."""
-
-
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
 def load_module(path: Path, params: list[str]) -> None:
-    """finit_module(2) the .ko at ``path`` with ``params``; raises Skipped or OSError."""
+    """finit_module(2) the .ko at ``path`` with ``params``; raises Unavailable or OSError."""
     if os.geteuid() != 0:
-        raise Skipped("loading a kernel module needs root")
+        raise Unavailable("loading a kernel module needs root")
     if not path.is_file():
-        raise Skipped(f"{path} not built (run: make -C kmod)")
+        raise Unavailable(f"{path} not built (run: make -C kmod)")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         rc = _libc().syscall(SYS_FINIT_MODULE, fd, " ".join(params).encode(), 0)
@@ -73,10 +72,10 @@ def load_module(path: Path, params: list[str]) -> None:
     if rc != 0:
         reason = os.strerror(err)
         if err == errno.EEXIST:
-            raise Skipped(f"module {path.stem} is already loaded")
+            raise Unavailable(f"module {path.stem} is already loaded")
         if err in (errno.EPERM, errno.ENOSYS, errno.ENOEXEC, errno.EACCES, errno.EKEYREJECTED,
                    errno.ENOKEY, errno.EINVAL):
-            raise Skipped(f"the running kernel refused {path.name}: {reason}")
+            raise Unavailable(f"the running kernel refused {path.name}: {reason}")
         raise OSError(err, f"loading {path.name}: {reason}")
 
 
@@ -135,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args, _ignored = _parser().parse_known_args(argv)
     server = SERVERS[args.module]
     if args.proto is not None and args.proto != server.proto:
-        print(f"skipped: {args.module} serves {server.proto}, not {args.proto}",
-              file=sys.stderr)
-        return EXIT_SKIPPED
+        exit_unavailable(f"{args.module} serves {server.proto}, not {args.proto}")
 
     stop = {"signal": 0}
 
@@ -153,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         params.append(f"backlog={args.backlog}")
     try:
         load_module(args.kmod_dir / f"{server.module}.ko", params)
-    except Skipped as exc:
-        print(f"skipped: {exc}", file=sys.stderr)
-        return EXIT_SKIPPED
+    except Unavailable as exc:
+        exit_unavailable(str(exc))
     except OSError as exc:
         print(f"kmod_launch: {exc}", file=sys.stderr)
         return 1

@@ -137,7 +137,7 @@ ENTRIES: tuple[Entry, ...] = (
           "accept, recv and send submitted to io_uring (uring-api binding) and handled on "
           "completion: multishot accept, a multishot recv per connection on a shared "
           "provided-buffer ring (16 MiB)",
-          limits="needs io_uring (probed at start: exits 1 with the reason if unavailable; "
+          limits="needs io_uring (probed at start: skipped with the reason if unavailable; "
                  "single-shot recv where the kernel lacks multishot); files by read + send, "
                  "both on the ring; one core per process (--workers N for more)",
           sendfile=False, event_driven=True,

@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from servers.backend import Unavailable, unavailable_reason
 from servers.registry import BY_NAME, ENTRIES, Entry
 
 READY_TIMEOUT = 20.0
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class ServerUnavailable(Exception):
-    """The server said at start that this machine cannot run it, and why."""
 
 
 def user_space_entries(**wanted: object) -> list[Entry]:
@@ -139,9 +136,9 @@ def start_server(entry: Entry | str, proto: str, *extra: str,
         code = proc.wait(5)
         with open(stderr_path, "rb") as f:
             err_text = f.read().decode(errors="replace")
-        if code == 1 and "cannot start:" in err_text:
-            # The backend's own start-up probe refused (e.g. no io_uring in this kernel).
-            raise ServerUnavailable(err_text.strip().splitlines()[-1])
+        reason = unavailable_reason(code, err_text)
+        if reason is not None:  # this machine cannot run it (e.g. no io_uring here)
+            raise Unavailable(reason)
         raise RuntimeError(f"{entry.name} did not become ready: {line!r}; stderr: {err_text}")
     host, _, port = line[len("listening on "):].rpartition(":")
     return RunningServer(entry, proc, host, int(port), stderr_path)
@@ -173,7 +170,7 @@ def running_server(entry: Entry | str, proto: str, *extra: str) -> Iterator[Runn
 
     try:
         server = start_server(entry, proto, *extra)
-    except ServerUnavailable as exc:
+    except Unavailable as exc:
         pytest.skip(f"server unavailable here: {exc}")
     try:
         yield server

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from servers.kmod_launch import KMOD_DIR, Skipped, free_port, load_module, unload_module
+from servers.backend import Unavailable
+from servers.kmod_launch import KMOD_DIR, free_port, load_module, unload_module
 
-__all__ = ["KMOD_DIR", "Skipped", "free_port", "load_module", "unload_module"]
+__all__ = ["KMOD_DIR", "Unavailable", "free_port", "load_module", "unload_module"]
 
 MODULE_NAMES = ("kecho", "khttpd", "drop_tcp_sock")
 BAD_LOG = re.compile(r"Oops|BUG|WARNING|Call Trace|general protection|kernel BUG")
