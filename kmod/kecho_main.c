@@ -48,6 +48,11 @@ module_param(max_conns, int, 0444);
 MODULE_PARM_DESC(max_conns,
 		 "connections served or queued at once; past it new ones are closed at accept (default 1024)");
 
+static char *cpus;
+module_param(cpus, charp, 0444);
+MODULE_PARM_DESC(cpus,
+		 "CPU list (e.g. 1-3) for the listener and kthread workers; an unbound workqueue is pinned through its sysfs cpumask (default: any)");
+
 static void kecho_serve(struct socket *sock)
 {
 	void *buf = kvmalloc(KECHO_BUF_SIZE, GFP_KERNEL);
@@ -86,6 +91,11 @@ static int __init kecho_init(void)
 		return -EINVAL;
 	kecho_srv.idle_timeout = idle_timeout * HZ;
 	kecho_srv.max_conns = max_conns;
+	err = ksrv_set_cpus(&kecho_srv, cpus);
+	if (err) {
+		pr_err("kecho: cpus=%s is not a list of online CPUs\n", cpus);
+		return err;
+	}
 
 	err = ksrv_start(&kecho_srv, port, backlog, reuseaddr);
 	if (err) {

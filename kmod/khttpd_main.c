@@ -105,6 +105,11 @@ static char *root;
 module_param(root, charp, 0444);
 MODULE_PARM_DESC(root, "serve this directory's files and listings instead of the page (default: none)");
 
+static char *cpus;
+module_param(cpus, charp, 0444);
+MODULE_PARM_DESC(cpus,
+		 "CPU list (e.g. 1-3) for the listener and kthread workers; an unbound workqueue is pinned through its sysfs cpumask (default: any)");
+
 /* The answer to a request whose body is still being read (and dropped). */
 struct khttpd_pending {
 	bool active;
@@ -575,6 +580,11 @@ static int __init khttpd_init(void)
 	khttpd_srv.idle_timeout = idle_timeout * HZ;
 	khttpd_srv.max_conns = max_conns;
 	khttpd_srv.mode = bound ? KSRV_WQ_BOUND : KSRV_WQ_UNBOUND;
+	err = ksrv_set_cpus(&khttpd_srv, cpus);
+	if (err) {
+		pr_err("khttpd: cpus=%s is not a list of online CPUs\n", cpus);
+		return err;
+	}
 	err = khttpd_files_init(root);
 	if (err) {
 		pr_err("khttpd: root=%s is not a directory to serve: %d\n", root, err);

@@ -75,6 +75,34 @@ int ksrv_send(struct socket *sock, const void *buf, size_t len)
 	return err;
 }
 
+/*
+ * Pin the server's threads to the CPUs in list ("0-2,5"); NULL or "": any.
+ * -EINVAL for a malformed list or one without an online CPU.
+ */
+int ksrv_set_cpus(struct ksrv *srv, const char *list)
+{
+	int err;
+
+	cpumask_clear(&srv->cpus);
+	if (!list || !*list)
+		return 0;
+	err = cpulist_parse(list, &srv->cpus);
+	if (err)
+		return err;
+	if (!cpumask_intersects(&srv->cpus, cpu_online_mask)) {
+		cpumask_clear(&srv->cpus);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Before its first wake-up: a new thread runs on the server's CPUs only. */
+static void ksrv_pin(struct ksrv *srv, struct task_struct *task)
+{
+	if (!cpumask_empty(&srv->cpus) && set_cpus_allowed_ptr(task, &srv->cpus))
+		pr_warn_once("%s: a thread could not be pinned to cpus\n", srv->name);
+}
+
 static void ksrv_conn_gone(struct ksrv *srv)
 {
 	if (atomic_dec_and_test(&srv->live))
@@ -173,6 +201,7 @@ static int ksrv_add(struct ksrv *srv, struct socket *sock)
 			goto out_unlock;
 		}
 		get_task_struct(task);
+		ksrv_pin(srv, task);
 		conn->task = task;
 		list_add_tail(&conn->node, &srv->conns);
 		atomic_inc(&srv->live);
@@ -270,7 +299,7 @@ int ksrv_start(struct ksrv *srv, u16 port, int backlog, bool reuseaddr)
 
 	/* Past max_active (at most 512) a work item waits for a running one to end. */
 	if (srv->mode == KSRV_WQ_UNBOUND)
-		srv->wq = alloc_workqueue("%s", WQ_UNBOUND,
+		srv->wq = alloc_workqueue("%s", WQ_UNBOUND | WQ_SYSFS,
 					  min_t(int, srv->max_conns, WQ_UNBOUND_MAX_ACTIVE),
 					  srv->name);
 	else if (srv->mode == KSRV_WQ_BOUND)
@@ -284,11 +313,13 @@ int ksrv_start(struct ksrv *srv, u16 port, int backlog, bool reuseaddr)
 	if (err)
 		goto err_wq;
 
-	srv->listener = kthread_run(ksrv_listen_fn, srv, "%s-listen", srv->name);
+	srv->listener = kthread_create(ksrv_listen_fn, srv, "%s-listen", srv->name);
 	if (IS_ERR(srv->listener)) {
 		err = PTR_ERR(srv->listener);
 		goto err_sock;
 	}
+	ksrv_pin(srv, srv->listener);
+	wake_up_process(srv->listener);
 	return 0;
 
 err_sock:

@@ -13,6 +13,7 @@
 #define KSRV_H
 
 #include <linux/atomic.h>
+#include <linux/cpumask.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
 #include <linux/net.h>
@@ -48,6 +49,14 @@ struct ksrv {
 	 * closed at accept, counted in refused, and logged (rate-limited).
 	 */
 	int max_conns;
+	/*
+	 * CPUs the listener and kthread-mode workers run on (ksrv_set_cpus());
+	 * empty: any. A bound workqueue runs its work where the listener queued
+	 * it; an unbound one is made with WQ_SYSFS so that user space pins it
+	 * through /sys/devices/virtual/workqueue/<name>/cpumask (the kernel does
+	 * not export apply_workqueue_attrs() to modules).
+	 */
+	struct cpumask cpus;
 
 	/* Private. */
 	struct socket *listen;
@@ -63,6 +72,7 @@ struct ksrv {
 	wait_queue_head_t idle;		/* woken when live drops */
 };
 
+int ksrv_set_cpus(struct ksrv *srv, const char *list);
 int ksrv_start(struct ksrv *srv, u16 port, int backlog, bool reuseaddr);
 void ksrv_stop(struct ksrv *srv);
 

@@ -113,6 +113,35 @@ def wait_accepting(host: str, port: int, timeout: float = READY_TIMEOUT) -> None
             time.sleep(0.02)
 
 
+def affinity_params() -> list[str]:
+    """``cpus=LIST`` when this process is pinned to some CPUs only (taskset, the harness).
+
+    A kernel server is pinned like a process: the module runs its listener and kthread
+    workers on the CPUs its launcher may use, and :func:`pin_workqueue` pins its unbound
+    workqueue there too.
+    """
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) >= (os.cpu_count() or len(mine)):
+        return []
+    return ["cpus=" + ",".join(map(str, mine))]
+
+
+def pin_workqueue(name: str) -> None:
+    """Pin the module's unbound workqueue (WQ_SYSFS) to this process's CPUs; no-op if
+    it is not pinned or the module runs no such workqueue (kthread or bound mode)."""
+    path = Path("/sys/devices/virtual/workqueue") / name / "cpumask"
+    if not affinity_params() or not path.exists():
+        return
+    mask = sum(1 << cpu for cpu in os.sched_getaffinity(0))
+    words = []
+    while True:
+        words.append(f"{mask & 0xFFFFFFFF:08x}")
+        mask >>= 32
+        if not mask:
+            break
+    path.write_text(",".join(reversed(words)))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m servers.kmod_launch",
                                      description=__doc__.split("\n")[0])
@@ -146,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = args.port or free_port(args.host)
     params = [f"port={port}", *server.params]
+    params += affinity_params()
     if args.backlog:
         params.append(f"backlog={args.backlog}")
     try:
@@ -158,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 
     status = 0
     try:
+        pin_workqueue(server.module)
         wait_accepting(args.host, port)
         print(f"listening on {args.host}:{port}", flush=True)
         while not stop["signal"]:
             time.sleep(0.1)  # a signal's handler runs within this sleep
-    except TimeoutError as exc:
+    except (TimeoutError, OSError) as exc:
         print(f"kmod_launch: {exc}", file=sys.stderr)
         status = 1
     finally:
