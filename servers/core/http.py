@@ -97,6 +97,7 @@ class HttpSession(Session):
         self._head_raw = 0
         self._body_bytes = 0
         self._transfer_encoding = False
+        self._too_large = False  # a declared length over the limit: 413 once the head ends
         self._url = bytearray()
         self._content_type: bytes | None = None
         self._body: bytearray | None = None  # kept only for a guestbook POST
@@ -126,6 +127,15 @@ class HttpSession(Session):
         if self._head_started is None and not self._in_body:
             self._head_started = self._now  # the first byte of a request, blank lines too
         if self._head_started is not None:
+            room = self.settings.max_header_bytes - self._head_raw
+            if len(piece) > room:
+                # Only the head's first max_header_bytes are parsed: a fault among them
+                # is 400, else the byte past the limit is the fault, 431 (WIRE.md),
+                # wherever the reads split the head.
+                with piece[:max(room, 0)] as within:
+                    self._feed_piece(within)
+                self._fail(431)
+                return
             self._head_raw += len(piece)
         try:
             self._parser.feed_data(piece)
@@ -164,6 +174,7 @@ class HttpSession(Session):
         self._head_bytes = 0
         self._body_bytes = 0
         self._transfer_encoding = False
+        self._too_large = False
         self._url.clear()
         self._content_type = None
         self._body = None
@@ -180,14 +191,17 @@ class HttpSession(Session):
                 declared = int(value)
             except ValueError:
                 declared = 0  # the parser itself rejects a malformed length
-            if declared > self.settings.max_body_bytes:
-                self._abort(413)
+            # Decided when the head ends, so a fault later in the head wins whatever
+            # the reads split (WIRE.md's table).
+            self._too_large = declared > self.settings.max_body_bytes
         elif lower == b"transfer-encoding":
             self._transfer_encoding = True
         elif lower == b"content-type":
             self._content_type = value
 
     def on_headers_complete(self) -> None:
+        if self._too_large:
+            self._abort(413)
         self._head_started = None
         self._head_raw = 0
         self._in_body = True
