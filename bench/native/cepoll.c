@@ -35,7 +35,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -43,7 +42,10 @@
 
 #define NS 1000000000ull
 #define TICK_NS 200000000ull     /* signal check and timeout scan period */
-#define LINGER_NS 1000000000ull  /* lingering close: drain the peer at most this long */
+/* Lingering close, as the core's Settings.linger_seconds and linger_bytes: drain the
+ * peer at most this long and this much, so an answer survives input it never reads. */
+#define LINGER_NS 1000000000ull
+#define LINGER_BYTES (1024 * 1024)
 #define MAX_EVENTS 512
 
 enum { KEEP, CLOSE, KEEP_10 };
@@ -77,6 +79,7 @@ typedef struct {
     char *out;
     size_t out_len, out_off, out_cap;
     size_t head_skipped;        /* blank-line bytes skipped since head_start */
+    size_t lingered;            /* bytes drained while lingering */
     uint64_t last_ns, head_start, linger_until;
     /* the guestbook (with a Redis): the request being read, and its backend call */
     uint8_t gb_req;             /* GB_NONE, GB_PAGE (GET/HEAD) or GB_POST */
@@ -343,6 +346,8 @@ typedef struct {
     int64_t clen;               /* -1: none; -2: over the limit */
     int gb;                     /* the guestbook's path (with a Redis) */
     int form_ok;                /* the last Content-Type is the urlencoded form */
+    int connect;                /* CONNECT: llhttp switches protocols after its head */
+    int upgrade_hdr, conn_upgrade;  /* Upgrade: (a value), Connection: upgrade */
 } req_t;
 
 enum { CH_NONE, CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
@@ -380,9 +385,12 @@ static const char *find_crlf(const char *p, size_t n, int *bad)
  * never come; these are the checks it makes byte by byte: the method (a prefix of one it
  * reads), control bytes or bytes over 0x7e in the target, header names of token bytes,
  * control bytes in values, a Content-Length of digits, the framing headers' rules.
- * h[0..n) holds no bare LF or CR. Returns 0, 1 (400) or 2 (413).
+ * h[0..n) holds no bare LF or CR. Returns 0 or 1 (400); a length over the limit is 413
+ * only once the head has ended (WIRE.md).
  */
-static int head_prefix_bad(const char *h, size_t n, size_t max_body)
+static int parse_line(srv_t *s, const char *h, const char *le, req_t *r);
+
+static int head_prefix_bad(srv_t *s, const char *h, size_t n)
 {
     const char *end = h + n;
     const char *sp = memchr(h, ' ', n);
@@ -391,15 +399,22 @@ static int head_prefix_bad(const char *h, size_t n, size_t max_body)
     if (!sp)
         return 0;
     const char *q = sp + 1;
+    while (q < end && *q == ' ')
+        q++;
     for (; q < end && *q != ' ' && *q != '\r'; q++)
         if ((unsigned char)*q < 0x20 || (unsigned char)*q >= 0x7f)
             return 1;
     const char *line = memmem(h, n, "\r\n", 2);
     if (!line)
         return 0;
-    if (!known_method(h, (size_t)(sp - h)) && !(sp - h == 3 && memcmp(h, "PRI", 3) == 0))
-        return 1;               /* an RTSP method: llhttp refuses it when the line ends */
-    int seen_clen = 0, seen_te = 0, chunked = 0, big = 0;
+    req_t rl;
+    if (sp - h == 3 && memcmp(h, "PRI", 3) == 0) {
+        if (line + 2 < end)
+            return 1;           /* llhttp refuses PRI at the first byte after its line */
+    } else if (parse_line(s, h, line, &rl) < 0) {
+        return 1;               /* the whole line as llhttp reads it (an RTSP method too) */
+    }
+    int seen_clen = 0, seen_te = 0, chunked = 0;
     for (line += 2; line < end;) {
         const char *eol = memmem(line, (size_t)(end - line), "\r\n", 2);
         const char *lend = eol ? eol : (end[-1] == '\r' ? end - 1 : end);
@@ -410,20 +425,16 @@ static int head_prefix_bad(const char *h, size_t n, size_t max_body)
         if (colon == lend) {
             if (eol)
                 return 1;       /* a whole line without a colon */
-            if (big && lend > line)
-                return 2;       /* llhttp hands over the name so far where the input ends */
             break;
         }
         if (colon == line)
             return 1;
-        if (big)
-            return 2;           /* a header name after a length over the limit: 413 */
         size_t nl = (size_t)(colon - line);
         int is_clen = nl == 14 && strncasecmp(line, "content-length", 14) == 0;
         int is_te = nl == 17 && strncasecmp(line, "transfer-encoding", 17) == 0;
         if ((is_clen && seen_te) || (is_te && seen_clen))
             return 1;           /* both framings */
-        int64_t value = 0;
+        uint64_t full = 0;
         int digits = 0, after = 0, any = 0;
         for (const char *v = colon + 1; v < lend; v++) {
             unsigned char ch = (unsigned char)*v;
@@ -440,8 +451,9 @@ static int head_prefix_bad(const char *h, size_t n, size_t max_body)
                     if (after)
                         return 1;   /* digits, blanks, digits */
                     digits = 1;
-                    if (value <= (int64_t)max_body)
-                        value = value * 10 + (ch - '0');
+                    if (full > (UINT64_MAX - (uint64_t)(ch - '0')) / 10)
+                        return 1;   /* past 64 bits: malformed */
+                    full = full * 10 + (uint64_t)(ch - '0');
                 } else if (blank) {
                     after = digits;
                 } else {
@@ -464,7 +476,6 @@ static int head_prefix_bad(const char *h, size_t n, size_t max_body)
             chunked = 1;        /* the line ends with the token */
         seen_clen |= is_clen;
         seen_te |= is_te;
-        big |= is_clen && value > (int64_t)max_body;
         line = eol + 2;
     }
     return 0;
@@ -488,7 +499,6 @@ static size_t head_end(const char *h, size_t n, int *bad, size_t *bad_at)
     }
 }
 
-/* Parse a complete head (ending in CRLF CRLF). 0 ok, -1 malformed. */
 /* Is the Content-Type value v[0..n) the media type form (parameters aside)? As the core:
  * the part before ';', stripped, compared without case. */
 static int media_is(const char *v, size_t n, const char *form)
@@ -502,12 +512,11 @@ static int media_is(const char *v, size_t n, const char *form)
     return e - b == strlen(form) && strncasecmp(v + b, form, e - b) == 0;
 }
 
-static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t max_body)
+/* The request line h[0..le) (le at its CRLF) as llhttp reads it: 0, or -1 malformed. */
+static int parse_line(srv_t *s, const char *h, const char *le, req_t *r)
 {
-    memset(r, 0, sizeof *r);
-    r->clen = -1;
-    const char *end = h + len, *p = h;
-    const char *sp = memchr(p, ' ', (size_t)(end - p));
+    const char *p = h;
+    const char *sp = memchr(p, ' ', (size_t)(le - p));
     if (!sp || sp == p)
         return -1;
     for (const char *q = p; q < sp; q++)
@@ -519,10 +528,8 @@ static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t m
     r->known = known_method(p, ml);
     if (!r->known)
         return -1;              /* a method llhttp does not know: malformed, as the core says */
+    r->connect = ml == 7 && memcmp(p, "CONNECT", 7) == 0;
     const char *t = sp + 1;
-    const char *le = memmem(t, (size_t)(end - t), "\r\n", 2);
-    if (!le)
-        return -1;
     while (t < le && *t == ' ')
         t++;                    /* llhttp skips spaces before the target and the version */
     const char *sp2 = memchr(t, ' ', (size_t)(le - t));
@@ -550,8 +557,15 @@ static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t m
     }
     /* the path: origin form, or absolute form (scheme://authority/path) */
     const char *path = t, *pend = sp2;
-    if (*t == '*' && sp2 - t == 1) {
-        path = "*";             /* asterisk form: not the page */
+    if (r->connect) {
+        /* authority form; llhttp refuses these bytes before a '/' or '?' (never the page) */
+        for (const char *q = t; q < sp2 && *q != '/' && *q != '?'; q++)
+            if (strchr("\"#<>\\^`{|}", *q))
+                return -1;
+        path = "*";
+        pend = path + 1;
+    } else if (*t == '*') {
+        path = "*";             /* asterisk form, and what llhttp reads after it: not the page */
         pend = path + 1;
     } else if (*t != '/') {
         const char *scheme = memchr(t, ':', (size_t)(sp2 - t));
@@ -566,6 +580,19 @@ static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t m
         pl++;
     r->root = pl == 0 || (pl == 1 && path[0] == '/');
     r->gb = s->gb && pl == strlen(s->gb_path) && memcmp(path, s->gb_path, pl) == 0;
+    return 0;
+}
+
+/* Parse a complete head (ending in CRLF CRLF). 0 ok, -1 malformed, -2 a length over the
+ * limit. */
+static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t max_body)
+{
+    memset(r, 0, sizeof *r);
+    r->clen = -1;
+    const char *end = h + len, *p;
+    const char *le = memmem(h, len, "\r\n", 2);
+    if (!le || parse_line(s, h, le, r) < 0)
+        return -1;
     /* headers */
     p = le + 2;
     while (p < end) {
@@ -581,8 +608,6 @@ static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t m
         for (const char *q = p; q < colon; q++)
             if (!is_tchar((unsigned char)*q))
                 return -1;
-        if (r->clen == -2)
-            return -2;          /* the core hears of a length over the limit at the next name */
         size_t nl = (size_t)(colon - p);
         const char *val = colon + 1, *vend = p + ll;
         while (val < vend && (*val == ' ' || *val == '\t'))
@@ -597,9 +622,13 @@ static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t m
             if (vl == 0)
                 return -1;
             int64_t n = 0;
+            uint64_t full = 0;
             for (size_t i = 0; i < vl; i++) {
                 if (val[i] < '0' || val[i] > '9')
                     return -1;
+                if (full > (UINT64_MAX - (uint64_t)(val[i] - '0')) / 10)
+                    return -1;  /* llhttp: a length past 64 bits is malformed, not large */
+                full = full * 10 + (uint64_t)(val[i] - '0');
                 if (n <= (int64_t)max_body)
                     n = n * 10 + (val[i] - '0');
             }
@@ -642,6 +671,10 @@ static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t m
                 r->conn_close = 1;
             if (has_token(val, vl, "keep-alive"))
                 r->conn_keep = 1;
+            if (has_token(val, vl, "upgrade"))
+                r->conn_upgrade = 1;
+        } else if (nl == 7 && strncasecmp(p, "upgrade", 7) == 0) {
+            r->upgrade_hdr |= vl > 0;
         }
         p = eol + 1;
     }
@@ -673,6 +706,24 @@ static int keep_body(sconn_t *c, const char *d, size_t n)
     return 0;
 }
 
+/* Is the trailer line p[0..n) (maybe not complete, no line end) malformed so far? A name
+ * of token bytes, a colon, a value without control bytes. */
+static int trailer_line_bad(const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && p[i] != ':')
+        if (!is_tchar((unsigned char)p[i++]))
+            return 1;
+    if (i == n)
+        return 0;
+    if (i == 0)
+        return 1;
+    for (i++; i < n; i++)
+        if (((unsigned char)p[i] < 0x20 && p[i] != '\t' && p[i] != '\r') || p[i] == 0x7f)
+            return 1;
+    return 0;
+}
+
 static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
                            size_t *used)
 {
@@ -688,6 +739,10 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
         case CH_DATA: {
             size_t take = (size_t)c->chunk_left < avail ? (size_t)c->chunk_left : avail;
 
+            /* as the core: over the limit once the data bytes that came pass it */
+            c->chunk_total += (int64_t)take;
+            if (c->chunk_total > (int64_t)max_body)
+                return -2;
             if (c->gb_req == GB_POST && keep_body(c, p, take) < 0)
                 return -2;
             c->chunk_left -= (int64_t)take;
@@ -721,27 +776,27 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
                     return -1;
                 goto more;
             }
-            int64_t size = 0;
+            uint64_t size = 0;
             const char *q = p;
 
             for (; q < eol && isxdigit((unsigned char)*q); q++) {
-                size = size * 16 + (isdigit((unsigned char)*q) ? *q - '0' :
-                                    (tolower((unsigned char)*q) - 'a' + 10));
-                if (size > (int64_t)max_body)
-                    return -2;
+                if (size >> 60)
+                    return -1;  /* llhttp: a size past 64 bits is malformed */
+                size = size * 16 + (uint64_t)(isdigit((unsigned char)*q) ? *q - '0' :
+                                              (tolower((unsigned char)*q) - 'a' + 10));
             }
             if (q == p || (q < eol && *q != ';' && *q != ' ' && *q != '\t'))
                 return -1;
             off += (size_t)(eol - p) + 2;
-            c->chunk_total += size;
-            if (c->chunk_total > (int64_t)max_body)
-                return -2;
-            c->chunk_left = size;
+            c->chunk_left = size > INT64_MAX ? INT64_MAX : (int64_t)size;
             c->chunk_state = size ? CH_DATA : CH_TRAILER;
             break;
         }
         case CH_TRAILER:
             eol = find_crlf(p, avail, &bad);
+            /* llhttp reads trailer lines as header lines, and fails at the first bad byte */
+            if (trailer_line_bad(p, eol ? (size_t)(eol - p) : avail))
+                return -1;
             if (bad || !eol) {
                 if (bad || avail > CHUNK_LINE_MAX * 8)
                     return -1;
@@ -2191,35 +2246,37 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
         int bad;
         size_t bad_at = 0;
         size_t hl = head_end(h, avail, &bad, &bad_at);
+        /* WIRE.md: only the head's first max_header bytes (blank lines before it counted)
+         * are judged; a fault among them wins, else the byte past them is the fault, 431 */
+        size_t room = s->max_header - c->head_skipped;
+        int over = (hl ? hl : avail) > room;
+        size_t judged = over ? room : avail;
+        if (bad && bad_at >= judged)
+            bad = 0;
+        else if (bad)
+            judged = bad_at;
         /* what comes before a bad line end is judged first, in byte order, as llhttp does */
-        int early = hl ? 0 : head_prefix_bad(h, bad ? bad_at : avail, s->max_body);
+        int early = hl && !over ? 0 : head_prefix_bad(s, h, judged);
         if (bad && !early)
             early = 1;
+        if (!early && over)
+            early = 3;
         if (early) {
-            /* a bare LF, a stray CR, or a head already malformed: answered now, as the core */
-            emit_error(s, c, early == 2 ? ERR_413 : ERR_400, CLOSE, 0);
+            /* a bare LF, a stray CR, a head already malformed or too large: answered now */
+            emit_error(s, c, early == 3 ? ERR_431 : ERR_400, CLOSE, 0);
             off = n;
             break;
         }
-        if (!hl) {
-            if (avail + c->head_skipped > s->max_header) {
-                emit_error(s, c, ERR_431, CLOSE, 0);
-                off = n;
-                break;
-            }
+        if (!hl)
             break;
-        }
         c->head_start = 0;
         c->head_skipped = 0;
-        if (hl > s->max_header) {
-            emit_error(s, c, ERR_431, CLOSE, 0);
-            off = n;
-            break;
-        }
         req_t r;
         int pr = parse_request(s, h, hl, &r, s->max_body);
         if (pr == 0 && r.clen == -2)
             pr = -2;            /* body over the limit */
+        else if (pr == 0 && (r.connect || (r.upgrade_hdr && r.conn_upgrade)))
+            pr = 1;             /* llhttp switches protocols: answered, nothing more is read */
         else if (pr == 0 && r.te_bad && r.ver != 10)
             pr = -1;            /* a body that cannot be delimited (HTTP/1.0: see below) */
         if (pr < 0) {
@@ -2243,6 +2300,12 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
         } else {
             c->pend_code = 405;
             c->pend_head_only = 0;
+        }
+        if (pr == 1) {
+            respond_pending(s, c);
+            c->closing = 1;
+            off = n;
+            break;
         }
         if (r.ver == 10 && r.te) {
             /* RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; what follows
@@ -2307,16 +2370,17 @@ static void conn_free(srv_t *s, sconn_t *c)
         accept_resume(s);       /* a descriptor is free: accept again without waiting */
 }
 
-/* All output is out and the connection must end: close, lingering if the peer still sends. */
+/* All output is out and the connection must end: close, lingering unless the peer has
+ * finished sending (as the core's drivers: input that comes after a close would reset the
+ * connection and could destroy the answer, whether or not any is waiting now). */
 static void finish_close(srv_t *s, sconn_t *c, uint64_t now)
 {
-    int unread = 0;
-    if (ioctl(c->fd, FIONREAD, &unread) < 0 || unread == 0) {
+    if (c->eof || shutdown(c->fd, SHUT_WR) < 0) {
         conn_free(s, c);
         return;
     }
-    shutdown(c->fd, SHUT_WR);
     c->lingering = 1;
+    c->lingered = 0;
     c->linger_until = now + LINGER_NS;
     ep_mod(s, c, 1, 0);
 }
@@ -2418,7 +2482,10 @@ static void on_readable(srv_t *s, sconn_t *c, uint64_t now)
 {
     if (c->lingering) {
         ssize_t n = recv(c->fd, s->rbuf, s->read_size, 0);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+        if (n > 0)
+            c->lingered += (size_t)n;
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) ||
+            c->lingered > LINGER_BYTES)
             conn_free(s, c);
         return;
     }
