@@ -706,16 +706,84 @@ static int keep_body(sconn_t *c, const char *d, size_t n)
     return 0;
 }
 
+/*
+ * Is the chunk size line p[0..n) (without its line end) malformed so far? As llhttp: hex
+ * digits, then extensions ";name", ";name=token" or ';name="quoted"', nothing else (no
+ * blanks); complete: the line ended there.
+ */
+static int chunk_line_bad(const char *p, size_t n, int complete)
+{
+    enum { HEX, NAME, VALUE, QUOTED, ESCAPED, QUOTE_END } st = HEX;
+    size_t len = 0;             /* bytes of the digits, name or value so far */
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        int ctl = (ch < 0x20 && ch != '\t') || ch == 0x7f;
+
+        switch (st) {
+        case HEX:
+            if (isxdigit(ch)) {
+                len++;
+                continue;
+            }
+            if (ch != ';' || !len)
+                return 1;
+            st = NAME;
+            len = 0;
+            break;
+        case NAME:
+            if (is_tchar(ch))
+                len++;
+            else if (ch == ';' && len)
+                len = 0;
+            else if (ch == '=')
+                st = VALUE, len = 0;
+            else
+                return 1;
+            break;
+        case VALUE:
+            if (ch == '"' && !len)
+                st = QUOTED;
+            else if (ch == ';')
+                st = NAME, len = 0;
+            else if (is_tchar(ch))
+                len++;
+            else
+                return 1;
+            break;
+        case QUOTED:
+            if (ctl)
+                return 1;
+            st = ch == '"' ? QUOTE_END : ch == '\\' ? ESCAPED : QUOTED;
+            break;
+        case ESCAPED:
+            if (ctl)
+                return 1;
+            st = QUOTED;
+            break;
+        case QUOTE_END:
+            if (ch != ';')
+                return 1;
+            st = NAME;
+            len = 0;
+            break;
+        }
+    }
+    if (!complete)
+        return 0;
+    return st == QUOTED || st == ESCAPED || ((st == HEX || st == NAME) && !len);
+}
+
 /* Is the trailer line p[0..n) (maybe not complete, no line end) malformed so far? A name
- * of token bytes, a colon, a value without control bytes. */
-static int trailer_line_bad(const char *p, size_t n)
+ * of token bytes, a colon, a value without control bytes; complete: the line ended. */
+static int trailer_line_bad(const char *p, size_t n, int complete)
 {
     size_t i = 0;
     while (i < n && p[i] != ':')
         if (!is_tchar((unsigned char)p[i++]))
             return 1;
     if (i == n)
-        return 0;
+        return complete && n > 0;   /* a whole line without a colon */
     if (i == 0)
         return 1;
     for (i++; i < n; i++)
@@ -764,15 +832,12 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
             break;
         case CH_SIZE: {
             eol = find_crlf(p, avail, &bad);
+            /* judged byte by byte as llhttp does, the line not yet complete too */
+            if (chunk_line_bad(p, eol ? (size_t)(eol - p) : avail - (p[avail - 1] == '\r'),
+                               eol && !bad))
+                return -1;
             if (bad || !eol) {
                 if (bad || avail > CHUNK_LINE_MAX)
-                    return -1;
-                /* llhttp wants hex digits, then ';', a blank or the CR: fail early as it */
-                const char *x = p;
-                while (x < p + avail && isxdigit((unsigned char)*x))
-                    x++;
-                if (x == p || (x < p + avail && *x != ';' && *x != ' ' && *x != '\t' &&
-                               *x != '\r'))
                     return -1;
                 goto more;
             }
@@ -785,8 +850,6 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
                 size = size * 16 + (uint64_t)(isdigit((unsigned char)*q) ? *q - '0' :
                                               (tolower((unsigned char)*q) - 'a' + 10));
             }
-            if (q == p || (q < eol && *q != ';' && *q != ' ' && *q != '\t'))
-                return -1;
             off += (size_t)(eol - p) + 2;
             c->chunk_left = size > INT64_MAX ? INT64_MAX : (int64_t)size;
             c->chunk_state = size ? CH_DATA : CH_TRAILER;
@@ -795,7 +858,8 @@ static int consume_chunked(sconn_t *c, const char *d, size_t n, size_t max_body,
         case CH_TRAILER:
             eol = find_crlf(p, avail, &bad);
             /* llhttp reads trailer lines as header lines, and fails at the first bad byte */
-            if (trailer_line_bad(p, eol ? (size_t)(eol - p) : avail))
+            if (trailer_line_bad(p, eol ? (size_t)(eol - p) : avail - (p[avail - 1] == '\r'),
+                                 eol && !bad))
                 return -1;
             if (bad || !eol) {
                 if (bad || avail > CHUNK_LINE_MAX * 8)
