@@ -8,7 +8,12 @@ prints it for humans or, with ``--json``, as one JSON object on stdout::
      "latency_us": {"p50", "p90", "p99", "p999", "max", "mean"},
      "errors": {"refused", "reset", "timeout", "short", "wrong", "status", "other"},
      "errors_total", "idle_open", "client_cpu_s", "client_cpu_util",
-     "rate", "open_loop"}
+     "rate", "open_loop", "histogram": {"buckets": [[HIGH_US, COUNT], ...], "sum_ns",
+     "max_us"}, "start_late_s"}
+
+``histogram`` holds the raw latency buckets (each named by the highest value it
+holds, in microseconds), so results of several load generators merge exactly
+(:func:`merge`); ``start_late_s`` is how late the clock started after ``--start-at``.
 
 Exit status: 0 whenever the test ran, errors included (errors are data: a
 server that refuses every connection gives ``requests == 0`` and
@@ -24,6 +29,7 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 from servers.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
@@ -37,11 +43,12 @@ ERROR_KINDS = ("refused", "reset", "timeout", "short", "wrong", "status", "other
 RESULT_KEYS = (
     "workload", "connections", "threads", "duration_s", "requests", "requests_per_s",
     "bytes_sent", "bytes_received", "latency_us", "errors", "errors_total", "idle_open",
-    "client_cpu_s", "client_cpu_util", "rate", "open_loop",
+    "client_cpu_s", "client_cpu_util", "rate", "open_loop", "histogram", "start_late_s",
 )
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
 DEFAULT_DURATION = 10.0
 LIMITED_DURATION_CAP = 60.0  # with --requests and no --duration: the run's time bound
+START_AT_HORIZON_S = 600.0  # as the native run: the furthest start_at it accepts
 
 
 def default_threads() -> int:
@@ -76,6 +83,7 @@ def run(
     timeout: float = 5.0,
     path: str | None = None,
     post_every: int = 20,
+    start_at: float | None = None,
 ) -> dict[str, Any]:
     """Run one load test and return the result dict (see the module docstring).
 
@@ -85,7 +93,9 @@ def run(
     ``path`` (default: the generated file of ``size`` bytes, bench.files) and checks
     its length and sampled content; ``guestbook`` GETs /guestbook and checks for
     the page's marker; ``guestbook-post`` also POSTs the form every ``post_every``
-    requests of a connection and expects 303. Raises ValueError for invalid
+    requests of a connection and expects 303. ``start_at`` (seconds since the epoch)
+    holds the clock, once connected, until that instant, so that load generators on
+    several hosts start together. Raises ValueError for invalid
     parameters and OSError when the target cannot be resolved.
     """
     if workload not in WORKLOADS:
@@ -118,6 +128,9 @@ def run(
         raise ValueError("timeout must be > 0")
     if post_every < 1:
         raise ValueError("post_every must be >= 1")
+    if start_at is not None and not 0 < start_at <= time.time() + START_AT_HORIZON_S:
+        raise ValueError(f"start_at must be an instant (seconds since the epoch) at most "
+                         f"{START_AT_HORIZON_S:g} s from now")
     app: dict[str, Any] = {"post_every": post_every}
     if workload == "file":
         from bench.files import url_path
@@ -137,12 +150,78 @@ def run(
         address, port, workload, connections, float(duration),
         threads=threads, rate=float(rate or 0.0), size=size, pipeline=pipeline, idle=idle,
         warmup=float(warmup), requests=requests or 0, timeout=float(timeout),
-        host_header=host_header, **app,
+        host_header=host_header, start_at=float(start_at or 0.0), **app,
     )
     result.pop("wall_s", None)
     result["rate"] = float(rate) if rate else None
     result["open_loop"] = bool(rate)
     return {key: result[key] for key in RESULT_KEYS}
+
+
+def percentile(buckets: list[list[int]], max_us: int, p: float) -> int:
+    """The value at percentile ``p`` of a histogram, computed as the native run does:
+    the highest value of the bucket holding that rank, capped at the maximum."""
+    total = sum(count for _, count in buckets)
+    if total == 0:
+        return 0
+    rank = min(max(int(p / 100.0 * total + 0.999999), 1), total)
+    seen = 0
+    for high, count in buckets:
+        seen += count
+        if seen >= rank:
+            return min(high, max_us)
+    return max_us
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the results of load generators that ran at the same time (one
+    per client host): counts and rates add up, latencies come from the summed
+    histogram buckets (exact, not averaged percentiles), the client CPU share is the
+    busiest host's. Raises ValueError on an empty list or a result without buckets."""
+    if not results:
+        raise ValueError("nothing to merge")
+    if any("histogram" not in r for r in results):
+        raise ValueError("a result without its histogram cannot be merged exactly")
+    counts: dict[int, int] = {}
+    for r in results:
+        for high, count in r["histogram"]["buckets"]:
+            counts[high] = counts.get(high, 0) + count
+    buckets = [[high, counts[high]] for high in sorted(counts)]
+    max_us = max(r["histogram"]["max_us"] for r in results)
+    sum_ns = sum(r["histogram"]["sum_ns"] for r in results)
+    samples = sum(counts.values())
+    merged = dict(results[0])
+    merged.update(
+        connections=sum(r["connections"] for r in results),
+        threads=sum(r["threads"] for r in results),
+        duration_s=max(r["duration_s"] for r in results),
+        requests=sum(r["requests"] for r in results),
+        requests_per_s=sum(r["requests_per_s"] for r in results),
+        bytes_sent=sum(r["bytes_sent"] for r in results),
+        bytes_received=sum(r["bytes_received"] for r in results),
+        errors={kind: sum(r["errors"].get(kind, 0) for r in results) for kind in ERROR_KINDS},
+        errors_total=sum(r["errors_total"] for r in results),
+        idle_open=sum(r["idle_open"] for r in results),
+        client_cpu_s=sum(r["client_cpu_s"] for r in results),
+        client_cpu_util=max(r["client_cpu_util"] for r in results),
+        rate=sum(r["rate"] for r in results) if all(r["rate"] for r in results) else None,
+        histogram={"buckets": buckets, "sum_ns": sum_ns, "max_us": max_us},
+        start_late_s=max(r["start_late_s"] for r in results),
+    )
+    merged["latency_us"] = {
+        **{key: percentile(buckets, max_us, p) for key, p in
+           (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))},
+        "max": max_us, "mean": sum_ns / samples / 1000.0 if samples else 0.0,
+    }
+    if all("halves" in r for r in results):
+        # the halves' counts add up exactly; their p99 is the worst host's (no buckets)
+        halves = [r["halves"] for r in results]
+        merged["halves"] = {
+            "duration_s": [max(h["duration_s"][i] for h in halves) for i in (0, 1)],
+            "requests": [sum(h["requests"][i] for h in halves) for i in (0, 1)],
+            "p99_us": [max(h["p99_us"][i] for h in halves) for i in (0, 1)],
+        }
+    return merged
 
 
 def format_human(result: dict[str, Any]) -> str:
@@ -205,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after exactly this many completed requests")
     parser.add_argument("--timeout", type=positive_float, default=5.0,
                         help="per-request timeout, s")
+    parser.add_argument("--start-at", type=positive_float, default=None, metavar="EPOCH_S",
+                        help="once connected, start the clock at this CLOCK_REALTIME instant "
+                             "(seconds since the epoch; load generators on several hosts)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return parser
 
@@ -219,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=options.threads, rate=options.rate, size=options.size,
             pipeline=options.pipeline, idle=options.idle, warmup=options.warmup,
             requests=options.requests, timeout=options.timeout, path=options.path,
-            post_every=options.post_every,
+            post_every=options.post_every, start_at=options.start_at,
         )
     except (OSError, ValueError) as exc:
         print(f"loadgen: cannot run: {exc}", file=sys.stderr)

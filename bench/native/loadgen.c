@@ -60,6 +60,7 @@ enum { S_OFF, S_CONNECTING, S_READY, S_BUSY };
 #define CONNECT_RETRIES 3
 #define SCAN_NS 20000000ull    /* timeout scan period: 20 ms */
 #define NS 1000000000ull
+#define START_AT_MAX_S 600.0   /* the furthest start_at instant accepted */
 
 typedef struct {
     struct sockaddr_storage addr;
@@ -156,6 +157,14 @@ static inline uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * NS + (uint64_t)ts.tv_nsec;
+}
+
+/* Seconds since the epoch: the clock hosts share (NTP-synchronised on real hosts). */
+static inline double realtime_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static inline int is_connect_workload(int w) { return w == W_ECHO_CONNECT || w == W_HTTP_CONNECT; }
@@ -1055,22 +1064,53 @@ static void free_threads(thr_t *ts, int n)
     free(ts);
 }
 
+/* The raw histogram, for exact merging across load generators: {"buckets": [[highest
+   value of the bucket in us, count], ...] (non-empty buckets, ascending), "sum_ns",
+   "max_us"}; the percentiles above are computed from the same buckets. */
+static PyObject *hist_buckets(const hist_t *h)
+{
+    PyObject *list = PyList_New(0);
+    for (unsigned i = 0; list && i < H_SIZE; i++) {
+        if (!h->counts[i])
+            continue;
+        PyObject *pair = Py_BuildValue("[KK]", (unsigned long long)hist_high(i),
+                                       (unsigned long long)h->counts[i]);
+        if (!pair || PyList_Append(list, pair) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(pair);
+    }
+    if (!list)
+        return NULL;
+    PyObject *out = Py_BuildValue("{s:N,s:K,s:K}", "buckets", list, "sum_ns",
+                                  (unsigned long long)h->sum_ns, "max_us",
+                                  (unsigned long long)h->max_us);
+    return out;
+}
+
+static int set_double(PyObject *dict, const char *key, double value)
+{
+    PyObject *v = PyFloat_FromDouble(value);
+    int rc = v ? PyDict_SetItemString(dict, key, v) : -1;
+    Py_XDECREF(v);
+    return rc;
+}
+
 static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
     static char *kwlist[] = {"host", "port", "workload", "connections", "duration", "threads",
                              "rate", "size", "pipeline", "idle", "warmup", "requests",
                              "timeout", "host_header", "path", "expect_length", "marker",
-                             "post_every", NULL};
+                             "post_every", "start_at", NULL};
     const char *host, *workload, *host_header = NULL, *path = "/", *marker = NULL;
     int port, conns, threads = 1, pipeline = 1, idle = 0, post_every = 20;
-    double duration, rate = 0.0, warmup = 0.0, timeout = 5.0;
+    double duration, rate = 0.0, warmup = 0.0, timeout = 5.0, start_at = 0.0;
     Py_ssize_t size = 64;
     long long limit = 0, expect_length = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "sisid|idniidLdzsLzi", kwlist, &host, &port,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sisid|idniidLdzsLzid", kwlist, &host, &port,
                                      &workload, &conns, &duration, &threads, &rate, &size,
                                      &pipeline, &idle, &warmup, &limit, &timeout, &host_header,
-                                     &path, &expect_length, &marker, &post_every))
+                                     &path, &expect_length, &marker, &post_every, &start_at))
         return NULL;
     cfg_t *g = calloc(1, sizeof *g);
     if (!g)
@@ -1091,6 +1131,11 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
         post_every < 1 || path[0] != '/' || strlen(path) > 200 || strpbrk(path, " \r\n") ||
         (marker && (!marker[0] || strlen(marker) > 200 || strchr(marker + 1, marker[0])))) {
         PyErr_SetString(PyExc_ValueError, "invalid load generator parameters");
+        goto out;
+    }
+    if (start_at < 0 || (start_at > 0 && start_at > realtime_s() + START_AT_MAX_S)) {
+        PyErr_SetString(PyExc_ValueError, "start_at must be a CLOCK_REALTIME instant at most "
+                        "600 s from now");
         goto out;
     }
     struct sockaddr_in *a4 = (struct sockaddr_in *)&g->addr;
@@ -1201,6 +1246,7 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
         }
     }
     int started = 0, interrupted = 0;
+    double late_s = 0.0;
     uint64_t t_begin = now_ns(), t_finish;
     Py_BEGIN_ALLOW_THREADS
     g->t_start = t_begin;
@@ -1216,6 +1262,23 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
             struct timespec ms = {0, 1000000};
             nanosleep(&ms, NULL);
         }
+        /* several load generators (one per client host) start their clocks together at
+           an agreed CLOCK_REALTIME instant, once connected; a late one starts at once */
+        while (start_at > 0 && !interrupted) {
+            double left = start_at - realtime_s();
+            if (left <= 0) {
+                late_s = -left;
+                break;
+            }
+            struct timespec nap = {0, left < 0.01 ? (long)(left * 1e9) : 10000000L};
+            nanosleep(&nap, NULL);
+            Py_BLOCK_THREADS
+            if (PyErr_CheckSignals() < 0)
+                interrupted = 1;
+            Py_UNBLOCK_THREADS
+        }
+        if (interrupted)
+            atomic_store(&g->stop, 1);
         uint64_t t0 = now_ns();
         g->t_measure = t0 + g->warmup_ns;
         g->t_end = g->t_measure + g->duration_ns;
@@ -1302,6 +1365,7 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
         "p99", (unsigned long long)hist_percentile(h, 99.0),
         "p999", (unsigned long long)hist_percentile(h, 99.9),
         "max", (unsigned long long)h->max_us, "mean", mean);
+    PyObject *buckets = hist_buckets(h);
     free(h);
     PyObject *errd = PyDict_New();
     for (int k = 0; lat && errd && k < E_COUNT; k++) {
@@ -1323,6 +1387,11 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
             "latency_us", lat, "errors", errd, "errors_total", (unsigned long long)etotal,
             "idle_open", idle_open, "client_cpu_s", cpu,
             "client_cpu_util", thread_wall > 0 ? cpu / thread_wall : 0.0, "wall_s", wall);
+    if (result && (!buckets ||
+                   PyDict_SetItemString(result, "histogram", buckets) < 0 ||
+                   set_double(result, "start_late_s", late_s) < 0))
+        Py_CLEAR(result);
+    Py_XDECREF(buckets);
     Py_XDECREF(lat);
     Py_XDECREF(errd);
 out:
@@ -1342,7 +1411,7 @@ static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))lg_run, METH_VARARGS | METH_KEYWORDS,
      "run(host, port, workload, connections, duration, threads=1, rate=0.0, size=64,\n"
      "    pipeline=1, idle=0, warmup=0.0, requests=0, timeout=5.0, host_header=None,\n"
-     "    path='/', expect_length=-1, marker=None, post_every=20)"
+     "    path='/', expect_length=-1, marker=None, post_every=20, start_at=0.0)"
      " -> dict\n\nRun one load test against a numeric address; see bench.loadgen."},
     {NULL, NULL, 0, NULL}};
 
