@@ -39,7 +39,7 @@ import sys
 import tempfile
 from typing import Any
 
-from bench import files, metrics, progress, redis, report, runner
+from bench import files, metrics, netns, progress, redis, remote, report, runner
 from servers.argtypes import (
     non_negative_float,
     non_negative_int,
@@ -125,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="output directory (default results/<time>/)")
     parser.add_argument("--quick", action="store_true", help="a short run (under 90 s)")
     parser.add_argument("--no-perf", action="store_true", help="do not count system calls")
+    parser.add_argument("--server-host", default=None, metavar="ssh://[USER@]HOST[:PORT]",
+                        help="start each server on this host over ssh (python -m bench.remote "
+                             "setup puts the checkout there)")
+    parser.add_argument("--client-hosts", default=None, metavar="ssh://H1,ssh://H2",
+                        help="run the load generators on these hosts over ssh, sharing the "
+                             "connections and the open-loop rate, starting together (clocks "
+                             "assumed NTP-synchronised)")
+    parser.add_argument("--ssh-option", action="append", default=[], metavar="OPTION",
+                        help="passed to ssh as -o OPTION (repeatable)")
+    parser.add_argument("--remote-dir", default=None,
+                        help="the checkout on the remote hosts (default: this checkout's path)")
+    parser.add_argument("--host", default=None,
+                        help="with remote hosts: the address the server binds and the clients "
+                             "reach (default: the --server-host's name)")
+    parser.add_argument("--net", choices=("loopback", "veth"), default="loopback",
+                        help="single machine: the server and the load generator on loopback "
+                             "(default), or in two network namespaces joined by veth pairs "
+                             "and a bridge (needs root)")
     parser.add_argument("--vm", action="store_true",
                         help="run the whole benchmark inside the QEMU guest (bench.vm)")
     parser.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
@@ -327,6 +345,16 @@ def run(argv: list[str] | None = None) -> int:
     raise_descriptor_limit()
     with contextlib.ExitStack() as stack:
         try:
+            placement = remote_placement(stack, options, resolved["workloads"])
+        except UsageError as exc:
+            parser.print_usage(sys.stderr)
+            print(f"python -m bench: error: {exc}", file=sys.stderr)
+            return 2
+        except (remote.RemoteError, netns.NetnsError, OSError) as exc:
+            print(f"python -m bench: error: {exc}", file=sys.stderr)
+            return 1
+        settings = dataclasses.replace(settings, remote=placement)
+        try:
             updates, app_info = app_resources(stack, resolved, options.redis, settings.file_size)
         except (redis.RedisError, OSError) as exc:
             print(f"python -m bench: error: the app workloads cannot run: {exc}",
@@ -335,6 +363,29 @@ def run(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, **updates)
         return _run_plan(argv, options, targets, resolved, settings, order, estimate, note,
                          out_dir, app_info)
+
+
+def remote_placement(stack: contextlib.ExitStack, options: argparse.Namespace,
+                     workloads: list[str]) -> remote.Placement | None:
+    """The hosts of --server-host, --client-hosts or --net veth (probed), or None."""
+    try:
+        placement = remote.from_options(
+            stack, server_host=options.server_host, client_hosts=options.client_hosts,
+            ssh_options=options.ssh_option, remote_dir=options.remote_dir, host=options.host,
+            net=options.net, client_cpus=runner.split_cpus()[1])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if placement and options.in_vm:
+        raise UsageError("--server-host, --client-hosts and --net veth cannot run in the "
+                         "QEMU guest")
+    if placement and options.redis is None and any(w.startswith("guestbook")
+                                                   for w in workloads):
+        raise UsageError("guestbook workloads with remote hosts or --net veth need --redis "
+                         "HOST:PORT, a Redis the server host reaches")
+    for host in placement.hosts if placement else []:
+        print(f"bench: {host['role']} host {host['host']}: {host.get('cpu_model')}, "
+              f"{host.get('cpus')} CPUs, kernel {host.get('release')}", file=sys.stderr)
+    return placement
 
 
 def app_resources(stack: contextlib.ExitStack, resolved: dict[str, Any],
@@ -402,6 +453,7 @@ def _run_plan(argv: list[str], options: argparse.Namespace, targets: list[runner
         "client_cpus": client_cpus, "perf": "perf stat raw_syscalls:sys_enter" if use_perf
         else f"not counted ({perf_problem or '--no-perf'})", "header_note": note,
         "estimate_s": estimate, "in_vm": options.in_vm,
+        "net": options.net, "hosts": settings.remote.hosts if settings.remote else [],
     }
     runs = execute(order, settings, (server_cpus, client_cpus), use_perf,
                    progress.Progress(len(order), estimate / max(len(order), 1),

@@ -488,6 +488,13 @@ def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
     return "\n".join(parts)
 
 
+def hosts_lines(meta: dict[str, Any]) -> list[str]:
+    """One Markdown line per host of a run with remote hosts or --net veth (none else)."""
+    return [f"- {h['role']} host {h['host']}: {h.get('hostname', '?')}, "
+            f"{h.get('cpu_model', '?')}, {h.get('cpus', '?')} CPUs; kernel {h.get('kernel', '?')}"
+            for h in meta.get("hosts") or []]
+
+
 def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """summary.md: the tables as GitHub Markdown, ready to paste into a note."""
     settings = meta.get("settings", {})
@@ -502,6 +509,7 @@ def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str
         f"{meta.get('kernel', '?')}; Python {meta.get('python', '?').split()[0]}",
         f"- server cores {meta.get('server_cpus')}, load generator cores "
         f"{meta.get('client_cpus')}; system calls: {meta.get('perf') or 'perf'}",
+        *hosts_lines(meta),
         f"- duration {settings.get('duration')} s, warm-up {settings.get('warmup')} s, "
         f"repeats {settings.get('repeat')} (round robin), idle {settings.get('idle')}, "
         f"rate {settings.get('rate') or 'closed loop'}, size {settings.get('size')} B; "

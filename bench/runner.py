@@ -82,6 +82,9 @@ class Settings:
     ready_timeout: float = 10.0  # for the readiness line and the load generator's connections
     slack: float = 15.0  # beyond warm-up + duration + timeout before a load generator is killed
     redis: str | None = None
+    # bench.remote.Placement: the server and the load generators on other hosts (or in
+    # network namespaces, --net veth); None: both here, on loopback
+    remote: Any = None
     waits_measured: tuple[tuple[float, float], ...] = ()
     file_root: str | None = None
     file_size: int = 65536
@@ -217,6 +220,9 @@ class Server:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll()
 
     def stop(self, grace: float = STOP_GRACE) -> str:
         """SIGTERM, wait ``grace`` s; return "clean" or what went wrong (tree killed)."""
@@ -437,16 +443,18 @@ def measure(
                       littles_limit=littles_limit(target, concurrency,
                                                   measured if measured else wait))
     try:
-        server = start_server(target, protocol_of(workload), settings, server_cpus,
-                              ready_timeout=settings.ready_timeout, extra=extra)
+        start = settings.remote.start_server if settings.remote else start_server
+        server = start(target, protocol_of(workload), settings, server_cpus,
+                       ready_timeout=settings.ready_timeout, extra=extra)
     except StartFailure as exc:
         record["status"] = "skipped" if exc.skipped else "failed"
         record["reason"] = exc.reason
         record["wall_s"] = time.monotonic() - began
         return record
     try:
-        _load_and_measure(server, target, workload, concurrency, settings, client_cpus,
-                          use_perf, record, server_cpus if server_cpus != client_cpus else None)
+        load = settings.remote.load_and_measure if settings.remote else _load_and_measure
+        load(server, target, workload, concurrency, settings, client_cpus,
+             use_perf, record, server_cpus if server_cpus != client_cpus else None)
     finally:
         outcome = server.stop()
         record["server_exit"] = outcome
@@ -520,6 +528,16 @@ def _load_and_measure(
         record["reason"] = problem
         record["status"] = "timeout" if "did not finish" in problem else "failed"
         return
+    fill_record(record, result, usage, syscalls, died_at, server, target, workload, settings,
+                server_cpus, client_cpus)
+
+
+def fill_record(
+    record: dict[str, Any], result: dict[str, Any], usage: metrics.TreeUsage,
+    syscalls: tuple[int, float] | None, died_at: float | None, server: Any, target: Target,
+    workload: str, settings: Settings, server_cpus: list[int] | None, client_cpus: list[int],
+) -> None:
+    """The run record from the load generator's result and the server's window."""
     lat = result["latency_us"]
     rps = float(result["requests_per_s"])
     record.update(
@@ -564,7 +582,7 @@ def _load_and_measure(
         if rps > 0:
             record["syscalls_per_req"] = count / (rps * window)
     if died_at is not None or not server.alive():
-        code = server.proc.poll()
+        code = server.exit_code()
         record["status"] = "failed"
         record["reason"] = f"server died during the run ({_exit_text(code or 0)})"
         if result["errors_total"]:

@@ -13,8 +13,9 @@ configuration serves both commands, each doing what its words say:
   always skips them.
 
 ``test_loadgen_ceiling.py`` (the proof that the load generator is not the
-bottleneck, about a minute, sensitive to other load) is collected only when it
-is named on the command line: ``pytest benchmarks/test_loadgen_ceiling.py``.
+bottleneck, about a minute, sensitive to other load) and ``test_overhead.py``
+(each backend against a minimal server of its model, about 70 s) are collected
+only when named on the command line: ``pytest benchmarks/test_loadgen_ceiling.py``.
 
 Workloads: ``echo`` and ``http`` for every server that speaks them, and
 ``guestbook`` (GET /guestbook, no backend wait) for every server with a guestbook,
@@ -49,6 +50,7 @@ from servers.registry import BY_NAME, ENTRIES
 WORKLOADS = ("echo", "http", "guestbook")
 HERE = Path(__file__).resolve().parent
 CEILING = HERE / "test_loadgen_ceiling.py"
+NAMED_ONLY = (CEILING, HERE / "test_overhead.py")
 RUN_HINT = "a benchmark: runs with `pytest --benchmark-only`"
 GUEST_COMMAND = (".venv/bin/python -m bench.vm run -- "
                  ".venv/bin/python -m pytest --benchmark-only '{nodeid}'")
@@ -78,8 +80,9 @@ def benchmarks_requested(config: pytest.Config) -> bool:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Leave the load generator's ceiling proof out unless it is named."""
-    if collection_path.resolve() == CEILING and CEILING not in _named_paths(config):
+    """Leave the measurement campaigns (NAMED_ONLY) out unless they are named."""
+    path = collection_path.resolve()
+    if path in NAMED_ONLY and path not in _named_paths(config):
         return True
     return None
 
