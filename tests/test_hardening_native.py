@@ -11,12 +11,14 @@ shared suite does not reach.
   those whose bytes were read before the output drained with no more input to come.
 - accept() failing with EMFILE: open connections go on, one log line per episode,
   accepting resumes once descriptors free up.
+
+Random streams against the core, for c-epoll as for every server, are
+tests/test_fuzz_differential.py's.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import select
 import socket
 import time
@@ -25,24 +27,12 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from servers.core import session_factory
-from servers.settings import Settings
 from tests.clients import get, recv_exactly, recv_until_closed, request, without_date
+from tests.differential import core_answer
 from tests.servers import RunningServer, running_server
 
 NAME = "c-epoll"
 HIGH_WATER = 256 * 1024
-
-
-def core_answer(request: bytes) -> bytes:
-    """Everything the Python core sends for ``request`` followed by end-of-file (a few
-    requests: far under the write high-water mark, so nothing is held back)."""
-    now = time.monotonic()
-    session = session_factory(Settings(proto="http"))(now)
-    session.received(request, now)
-    session.eof_received(now)
-    out = b"".join(item for item in session.take_output() if isinstance(item, bytes))
-    return without_date(out)
 
 
 @pytest.fixture(scope="module")
@@ -262,35 +252,3 @@ def test_descriptor_exhaustion_logged_once_and_recovered() -> None:
             first.close()
             for sock in held:
                 sock.close()
-
-
-# Pieces of requests, right and wrong, that a seeded generator strings together.
-PIECES = [
-    b"GET / HTTP/1.1\r\n", b"HEAD / HTTP/1.1\r\n", b"GET /x HTTP/1.0\r\n", b"POST / HTTP/1.1\r\n",
-    b"FOO / HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n", b"GET * HTTP/1.1\r\n", b"PLAY / HTTP/1.1\r\n",
-    b"GET http://h/x?y HTTP/1.1\r\n", b"\r\n", b"\n", b"\r", b"G", b"ET / HTTP/1.1\r\n",
-    b"Host: a\r\n", b"Connection: keep-alive\r\n", b"Connection: close\r\n",
-    b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: gzip\r\n",
-    b"Transfer-Encoding: gzip, chunked\r\n", b"Transfer-Encoding: chunked,\r\n",
-    b"Content-Length: 3\r\n", b"Content-Length: 0\r\n", b"Content-Length: 99999999\r\n",
-    b"Content-Length: 1 2\r\n", b"abc", b"0\r\n\r\n", b"3\r\nabc\r\n", b"3;ext\r\nabc\r\n",
-    b"0\r\nT: x\r\n\r\n", b"X: y\n", b"X: a\rb\r\n", b"X: \x7f\r\n", b" folded\r\n",
-    b"GET / HTTP/1.1\n", b"GET /\x80 HTTP/1.1\r\n", b"GET /\r\n", b"GET / HTTP/2.0\r\n",
-    b"GET  /x  HTTP/1.0\r\n", b"Connection: keep-alive, close\r\n",
-]
-
-
-def test_random_requests_same_bytes_as_core(server: RunningServer) -> None:
-    """300 seeded strings of the pieces above, each sent then half-closed: c-epoll
-    answers each with the core's bytes (the differential check that found the cases
-    above; a fixed seed, so a failure reproduces)."""
-    rng = random.Random(10)
-    different = []
-    for _ in range(300):
-        request = b"".join(rng.choice(PIECES) for _ in range(rng.randint(1, 8)))
-        if rng.random() < 0.7:
-            request += b"\r\n"
-        expected = core_answer(request)
-        if _answer(server, request, half_close=True) != expected:
-            different.append(request)
-    assert not different, different[:5]
