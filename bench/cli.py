@@ -62,6 +62,13 @@ PACKAGES = ("tabulate", "psutil", "matplotlib", "uvloop", "trio", "gevent", "htt
             "pytest", "pytest-benchmark")
 VM_NOTE = ("figures from an emulated QEMU guest (TCG): compare them only with each other, "
            "never with figures from the host")
+# In the guest (--vm), unless flags say otherwise: the kernel servers against c-epoll, and
+# echo-connect, where a kthread per connection pays for its creation and CMWQ does not.
+VM_SERVERS = "kecho,kecho-kthread,khttpd,c-epoll"
+VM_DEFAULTS = {"workloads": "echo,echo-connect,http", "concurrency": "8,100,1000"}
+VM_QUICK = {"workloads": "echo,echo-connect,http"}
+VM_CPU_NOTE = ("CPU per request: every vCPU's /proc/stat (user, system, irq, softirq) over "
+               "the window, less the load generator's and the harness's own CPU")
 
 
 class UsageError(Exception):
@@ -85,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                f"{QUICK['duration']} --warmup {QUICK['warmup']} --repeat {QUICK['repeat']} "
                "(under 90 s); explicit flags still win.",
     )
-    parser.add_argument("--servers", default="all", help="all, or NAME,NAME (python -m servers)")
+    parser.add_argument("--servers", default=None,
+                        help=f"all, or NAME,NAME (python -m servers); default all, with --vm "
+                             f"{VM_SERVERS}")
     parser.add_argument("--workloads", default=None,
                         help=f"comma list of load generator workloads (default "
                              f"{DEFAULTS['workloads']})")
@@ -146,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vm", action="store_true",
                         help="run the whole benchmark inside the QEMU guest (bench.vm)")
     parser.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--host-cores", type=positive_int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--trace", action="store_true",
+                        help="with --vm: the tracing view (tracefs in the guest: workqueue "
+                             "latency, kthread start-up, khttpd's hot path, system calls) "
+                             "instead of the tables; traced figures stay apart (bench.vm_trace)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     return parser
 
@@ -175,6 +189,8 @@ def resolve_options(options: argparse.Namespace) -> dict[str, Any]:
     from bench.loadgen import WORKLOADS
 
     base = QUICK if options.quick else DEFAULTS
+    if options.vm or options.in_vm:
+        base = {**base, **(VM_QUICK if options.quick else VM_DEFAULTS)}
     workloads = _csv_list(options.workloads or base["workloads"])
     bad = [w for w in workloads if w not in WORKLOADS]
     if bad or not workloads:
@@ -274,6 +290,15 @@ def default_out_dir() -> str:
     return os.path.join("results", dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
+def vm_note(host_cores: int | None) -> str:
+    """The header note of a run in the guest: emulation, vCPUs against host cores, CPU."""
+    vcpus = os.cpu_count() or 1
+    cores = f"{vcpus} vCPUs on {host_cores} host cores" if host_cores else f"{vcpus} vCPUs"
+    if host_cores and vcpus > host_cores:
+        cores += " (more vCPUs than host cores: they share them, every row is slowed)"
+    return f"{VM_NOTE}; {cores}; {VM_CPU_NOTE}"
+
+
 def run_vm(argv: list[str], options: argparse.Namespace, estimate_s: float) -> int:
     """Re-run this command inside the QEMU guest and show its output."""
     try:
@@ -298,12 +323,15 @@ def run_vm(argv: list[str], options: argparse.Namespace, estimate_s: float) -> i
             skip = True
             continue
         guest_args.append(arg)
-    command = [sys.executable, "-m", "bench", *guest_args, "--out", out_dir, "--in-vm"]
+    host_cores = os.cpu_count() or 1
+    command = [sys.executable, "-m", "bench", *guest_args, "--out", out_dir, "--in-vm",
+               "--host-cores", str(host_cores)]
     timeout = 600 + 8 * estimate_s  # TCG runs everything several times slower
     print(f"bench: running in the QEMU guest (timeout {progress.fmt_duration(timeout)}): "
           f"{' '.join(command)}", file=sys.stderr)
     try:
-        result = vm.run_in_guest(command, timeout, stream=True)  # output shown as it comes
+        # as many vCPUs as host cores, and at least two: the load generator gets one
+        result = vm.run_in_guest(command, timeout, smp=max(2, host_cores), stream=True)
     except Exception as exc:  # VmError and friends: say why, do not trace back
         print(f"python -m bench: --vm: the guest run failed: {exc}", file=sys.stderr)
         return 1
@@ -317,8 +345,11 @@ def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     try:
-        targets = select_targets(options.servers)
+        vm_run = options.vm or options.in_vm
+        targets = select_targets(options.servers or (VM_SERVERS if vm_run else "all"))
         resolved = resolve_options(options)
+        if options.trace and not vm_run:
+            raise UsageError("--trace needs --vm: it reads the guest kernel's tracefs")
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"python -m bench: error: {exc}", file=sys.stderr)
@@ -328,7 +359,7 @@ def run(argv: list[str] | None = None) -> int:
         rate=options.rate, size=options.size or ECHO_SIZE, pipeline=options.pipeline,
         workers=options.workers, timeout=options.timeout,
         file_size=options.size or FILE_SIZE, post_every=options.post_every,
-        sendfile=options.sendfile,
+        sendfile=options.sendfile, guest_cpu=options.in_vm,
         # an emulated guest starts Python in seconds, not milliseconds
         ready_timeout=120.0 if options.in_vm else 10.0, slack=120.0 if options.in_vm else 15.0,
     )
@@ -340,9 +371,13 @@ def run(argv: list[str] | None = None) -> int:
     if not order:
         print("python -m bench: error: no server speaks the chosen workloads", file=sys.stderr)
         return 2
-    note = VM_NOTE if options.in_vm else ""
+    note = vm_note(options.host_cores) if options.in_vm else ""
     out_dir = options.out or default_out_dir()
     raise_descriptor_limit()
+    if options.trace:
+        from bench import vm_trace
+
+        return vm_trace.run(order, settings, out_dir, note)
     with contextlib.ExitStack() as stack:
         try:
             placement = remote_placement(stack, options, resolved["workloads"])

@@ -11,7 +11,11 @@ children:
   measured window, and samples the tree's resident memory every 50 ms in a
   background thread to find its peak. RSS sums count pages shared after a
   fork once per process, so the proportional set size (PSS) at the end of the
-  window is recorded too.
+  window is recorded too. Given ``subtract_pids`` (the load generator and the
+  harness, in the QEMU guest), it also takes what every CPU spent in the window
+  (``/proc/stat``: user, system, irq, softirq) less those processes' own CPU: the
+  server's whole cost, kworkers and softirq included, which a kernel server only
+  has.
 * :class:`SyscallCounter` runs ``perf stat -e raw_syscalls:sys_enter -p PIDS``
   over the same window, where perf exists and may attach (detected once by
   :func:`perf_available`); otherwise system calls are simply not reported.
@@ -60,6 +64,18 @@ def cores_busy(cpus: list[int] | None) -> float:
     return busy
 
 
+def pids_cpu(pids: tuple[int, ...]) -> float:
+    """User + system CPU seconds of the processes ``pids`` (all their threads)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def established(port: int) -> int:
     """TCP connections in state ESTABLISHED whose local port is ``port`` (server side).
 
@@ -92,6 +108,7 @@ class TreeSnapshot:
     pids: tuple[int, ...]
     cores_busy: float = 0.0
     other_busy: float = 0.0
+    whole: float = 0.0  # every CPU's busy time less the subtracted processes' CPU
 
 
 def thread_ctx_switches(pid: int) -> dict[int, tuple[int, int]]:
@@ -180,14 +197,17 @@ class TreeUsage:
     pss: int | None = None
     cores_busy_s: float | None = None  # everything that ran on the server's cores
     other_busy_s: float | None = None  # everything that ran on the other (client) cores
+    whole_cpu_s: float | None = None  # every CPU, less the subtracted pids (see module doc)
 
 
 class TreeSampler:
     """Measure a process tree over a window: ``start()``, then ``stop()`` -> TreeUsage."""
 
     def __init__(self, pid: int, interval: float = 0.05, cpus: list[int] | None = None,
-                 other_cpus: list[int] | None = None) -> None:
+                 other_cpus: list[int] | None = None,
+                 subtract_pids: tuple[int, ...] | None = None) -> None:
         self.pid = pid
+        self.subtract_pids = subtract_pids
         self.cpus = cpus
         self.other_cpus = other_cpus
         self.interval = interval
@@ -201,10 +221,16 @@ class TreeSampler:
         self._first = snapshot(self.pid)
         self._first.cores_busy = cores_busy(self.cpus)
         self._first.other_busy = cores_busy(self.other_cpus)
+        self._first.whole = self._whole()
         self._peak = self._first.rss
         self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
         self._thread.start()
         return self._first
+
+    def _whole(self) -> float:
+        if self.subtract_pids is None:
+            return 0.0
+        return cores_busy(list(range(psutil.cpu_count() or 1))) - pids_cpu(self.subtract_pids)
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
@@ -221,6 +247,7 @@ class TreeSampler:
         last = snapshot(self.pid)
         last.cores_busy = cores_busy(self.cpus)
         last.other_busy = cores_busy(self.other_cpus)
+        last.whole = self._whole()
         self._stop.set()
         pss = tree_pss(self.pid)
         if self._thread is not None:
@@ -236,6 +263,8 @@ class TreeSampler:
             pss=pss,
             cores_busy_s=(last.cores_busy - first.cores_busy) if self.cpus else None,
             other_busy_s=(last.other_busy - first.other_busy) if self.other_cpus else None,
+            whole_cpu_s=(max(last.whole - first.whole, 0.0)
+                         if self.subtract_pids is not None else None),
         )
 
 

@@ -90,6 +90,9 @@ class Settings:
     file_size: int = 65536
     post_every: int = 20
     sendfile: str | None = None  # file workload: "on" or "off" for every server; None: each its own
+    # In the QEMU guest: CPU per request from every CPU's /proc/stat over the window, less
+    # the load generator's and the harness's own CPU, for every row (kernel ones too).
+    guest_cpu: bool = False
 
     def measured_wait(self, wait_ms: float) -> float | None:
         return dict(self.waits_measured).get(wait_ms)
@@ -468,10 +471,11 @@ def measure(
 def _window(
     server: Server, loadgen: subprocess.Popen[str], lead: float, span: float, use_perf: bool,
     server_cpus: list[int] | None = None, connect_timeout: float = 10.0,
-    client_cpus: list[int] | None = None,
+    client_cpus: list[int] | None = None, whole: bool = False,
 ) -> tuple[metrics.TreeUsage, tuple[int, float] | None, float | None]:
     """Wait out the warm-up, then measure the server tree until the window closes."""
-    sampler = metrics.TreeSampler(server.proc.pid, cpus=server_cpus, other_cpus=client_cpus)
+    sampler = metrics.TreeSampler(server.proc.pid, cpus=server_cpus, other_cpus=client_cpus,
+                                  subtract_pids=(loadgen.pid, os.getpid()) if whole else None)
     counter: metrics.SyscallCounter | None = None
     # The load generator's clock starts when it has connected: wait for its first
     # connection (bounded), then for the warm-up.
@@ -515,7 +519,8 @@ def _load_and_measure(
     try:
         usage, syscalls, died_at = _window(server, loadgen, lead, span, use_perf,
                                            server_cpus, settings.ready_timeout,
-                                           client_cpus if server_cpus else None)
+                                           client_cpus if server_cpus else None,
+                                           settings.guest_cpu)
     except BaseException:
         if loadgen.poll() is None:
             os.killpg(loadgen.pid, signal.SIGKILL)
@@ -576,6 +581,14 @@ def fill_record(
             )
         if record["mb_per_s"]:
             record["cpu_us_per_mb"] = usage.cpu_s / (record["mb_per_s"] * usage.window_s) * 1e6
+    if usage.whole_cpu_s is not None and served > 0:  # the guest: every row the same way
+        record.update(server_cpu_s=usage.whole_cpu_s,
+                      server_cpu_util=usage.whole_cpu_s / usage.window_s,
+                      server_cpu_s_per_10k=usage.whole_cpu_s / served * 1e4,
+                      cpu_us_per_req=usage.whole_cpu_s / served * 1e6)
+        if record["mb_per_s"]:
+            record["cpu_us_per_mb"] = (usage.whole_cpu_s
+                                       / (record["mb_per_s"] * usage.window_s) * 1e6)
     if syscalls is not None and target.kind != "kernel":  # kthreads make no system calls
         count, window = syscalls
         record["syscalls"] = count

@@ -12,8 +12,8 @@ Library: :func:`run_in_guest`. CLI::
 
     python -m bench.vm run [--timeout S] [--smp N] [--mem MB] -- CMD...
     python -m bench.vm test      # kernel conformance suite in the guest
-    python -m bench.vm bench     # kernel vs C epoll servers, in-guest table
-                                 # (runs "python -m bench.vm guest-bench" in the guest)
+    python -m bench.vm bench [ARGS]  # = python -m bench --vm [ARGS]: kernel servers
+                                     # against c-epoll, CPU per request for every row
     python -m bench.vm shell     # interactive guest shell (serial console)
     python -m bench.vm build     # modules + initramfs + vmlinux only
 """
@@ -24,7 +24,6 @@ import argparse
 import ctypes
 import gzip
 import io
-import json
 import lzma
 import os
 import platform
@@ -34,7 +33,6 @@ import selectors
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -472,127 +470,6 @@ def shell(smp: int = 2, mem_mb: int = 2048) -> int:
                                      choose_accel(image, initrd)))
 
 
-# -- the in-guest benchmark --------------------------------------------------------------------
-
-# (label, protocol, argv after "python -m") of the servers compared in the guest.
-BENCH_SERVERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("kecho (CMWQ unbound)", "echo", ("servers.kmod_launch", "--module", "kecho")),
-    ("kecho (CMWQ bound)", "echo", ("servers.kmod_launch", "--module", "kecho-bound")),
-    ("kecho (kthread)", "echo", ("servers.kmod_launch", "--module", "kecho-kthread")),
-    ("c-epoll", "echo", ("servers.c_epoll", "--proto", "echo")),
-    ("khttpd (CMWQ unbound)", "http", ("servers.kmod_launch", "--module", "khttpd")),
-    ("c-epoll", "http", ("servers.c_epoll", "--proto", "http")),
-)
-LISTENING_RE = re.compile(r"listening on ([\d.]+):(\d+)")
-
-
-def _start_server(argv: list[str], timeout: float = 60.0) -> tuple[subprocess.Popen[str], int]:
-    """Start a server, return it and its port once it printed ``listening on H:P``."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        ready = sel.select(timeout)
-    line = proc.stdout.readline() if ready else ""
-    m = LISTENING_RE.search(line)
-    if not m:
-        _stop_server(proc)
-        err = proc.stderr.read() if proc.stderr else ""
-        raise VmError(f"{shlex.join(argv)} did not start: {line!r} {err.strip()}")
-    return proc, int(m.group(2))
-
-
-def _stop_server(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _loadgen(port: int, proto: str, clients: int, duration: float, size: int) -> dict:
-    argv = [sys.executable, "-m", "bench.loadgen", "--target", f"127.0.0.1:{port}",
-            "--workload", proto, "-c", str(clients), "-d", str(duration), "--json"]
-    if proto == "echo":
-        argv += ["--size", str(size)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
-    if proc.returncode != 0:
-        raise VmError(f"loadgen failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def guest_bench(duration: float, clients: int, rounds: int, size: int = 64) -> int:
-    """Inside the guest: every server of BENCH_SERVERS, interleaved, ``rounds`` times."""
-    from tabulate import tabulate
-
-    results: dict[int, list[dict]] = {i: [] for i in range(len(BENCH_SERVERS))}
-    failures: dict[int, str] = {}
-    for rnd in range(rounds):
-        order = list(range(len(BENCH_SERVERS)))
-        if rnd % 2:
-            order.reverse()  # interleaved, alternating order: no server always goes first
-        for i in order:
-            label, proto, args = BENCH_SERVERS[i]
-            if i in failures:
-                continue
-            try:
-                proc, port = _start_server([sys.executable, "-m", *args, "--port", "0"])
-            except VmError as exc:
-                failures[i] = str(exc)
-                continue
-            try:
-                res = _loadgen(port, proto, clients, duration, size)
-            except (VmError, subprocess.TimeoutExpired, ValueError) as exc:
-                failures[i] = str(exc)
-                continue
-            finally:
-                _stop_server(proc)
-            results[i].append(res)
-            print(f"round {rnd + 1}/{rounds} {label} {proto}: "
-                  f"{res['requests_per_s']:.0f} req/s, p99 {res['latency_us']['p99']} us, "
-                  f"errors {res['errors_total']}", flush=True)
-    rows = []
-    for i, (label, proto, _args) in enumerate(BENCH_SERVERS):
-        runs = results[i]
-        if not runs:
-            rows.append([label, proto, "-", "-", "-", "-", "-", "-",
-                         failures.get(i, "no result")[:60]])
-            continue
-        runs = sorted(runs, key=lambda r: r["requests_per_s"])
-        rps = [r["requests_per_s"] for r in runs]
-        lat = runs[(len(runs) - 1) // 2]["latency_us"]  # of the median run
-        rows.append([label, proto, f"{statistics.median(rps):,.0f}",
-                     f"{rps[0]:,.0f}-{rps[-1]:,.0f}", lat["p50"], lat["p99"], lat["p999"],
-                     sum(r["errors_total"] for r in runs), len(runs)])
-    print()
-    print(f"In-guest benchmark: QEMU TCG (emulated CPU, {os.cpu_count()} vCPUs), loopback, "
-          f"-c {clients}, {duration:g}s per run, echo {size} B, {rounds} interleaved rounds.")
-    print("Figures come from an emulated guest: compare them only with each other, "
-          "never with host numbers.")
-    print(tabulate(rows, headers=["server", "workload", "req/s (median)", "req/s range",
-                                  "p50 us*", "p99 us*", "p99.9 us*", "errors", "runs"],
-                   tablefmt="github"))
-    print("* latency percentiles of the median run (by req/s)")
-    return 1 if failures else 0
-
-
-def bench(timeout: float = 1200, duration: float = 5.0, clients: int = 8, rounds: int = 2,
-          smp: int = 2, mem_mb: int = 2048) -> int:
-    """Boot a guest and run :func:`guest_bench` in it (``python -m bench.vm bench``)."""
-    load_before = os.getloadavg()[0]
-    res = run_in_guest(
-        [str(PYTHON), "-m", "bench.vm", "guest-bench", "-d", str(duration), "-c", str(clients),
-         "--rounds", str(rounds)],
-        timeout=timeout, smp=smp, mem_mb=mem_mb, stream=True,
-    )
-    print(f"[bench.vm] boot {res.boot_s:.1f}s, total {res.total_s:.1f}s; host load average "
-          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (the guest's vCPUs are "
-          f"host threads: a busy host skews every row)", file=sys.stderr)
-    return res.returncode
-
-
 # -- CLI -------------------------------------------------------------------------------------
 
 
@@ -602,22 +479,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run", help="run a command in the guest")
     p_test = sub.add_parser("test", help="run tests/kernel in the guest")
-    p_bench = sub.add_parser("bench", help="in-guest benchmark table")
+    p_bench = sub.add_parser("bench", help="python -m bench --vm [ARGS]")
     p_shell = sub.add_parser("shell", help="interactive guest shell")
     sub.add_parser("build", help="build modules, vmlinux and initramfs")
-    p_guest = sub.add_parser("guest-bench", help="(inside the guest) the benchmark itself")
-    for p in (p_run, p_test, p_bench, p_shell):
+    for p in (p_run, p_test, p_shell):
         p.add_argument("--smp", type=int, default=2)
         p.add_argument("--mem", type=int, default=2048, help="guest memory in MiB")
-    for p in (p_run, p_test, p_bench):
+    for p in (p_run, p_test):
         p.add_argument("--timeout", type=float, default=900.0)
     p_run.add_argument("command", nargs=argparse.REMAINDER)
     p_test.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    p_bench.set_defaults(timeout=1200.0)
-    for p in (p_bench, p_guest):
-        p.add_argument("-d", "--duration", type=float, default=5.0)
-        p.add_argument("-c", "--clients", type=int, default=8)
-        p.add_argument("--rounds", type=int, default=2)
+    p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
     def on_term(signum: int, _frame: object) -> None:
@@ -632,10 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "shell":
             return shell(args.smp, args.mem)
         if args.cmd == "bench":
-            return bench(args.timeout, args.duration, args.clients, args.rounds, args.smp,
-                         args.mem)
-        if args.cmd == "guest-bench":
-            return guest_bench(args.duration, args.clients, args.rounds)
+            from bench import cli
+
+            rest = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+            return cli.main(["--vm", *rest])
         if args.cmd == "run":
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
             if not command:
