@@ -98,6 +98,7 @@ class HttpSession(Session):
         self._body_bytes = 0
         self._transfer_encoding = False
         self._too_large = False  # a declared length over the limit: 413 once the head ends
+        self._body_left = 0  # Content-Length bytes of the body not parsed yet
         self._url = bytearray()
         self._content_type: bytes | None = None
         self._body: bytearray | None = None  # kept only for a guestbook POST
@@ -108,7 +109,7 @@ class HttpSession(Session):
         self._now = now
         total = len(data)
         raw = data.tobytes()
-        end = _end_of_piece(raw, 0)
+        end = self._end_of_piece(raw, 0)
         if end == total:  # the common case: one request, or part of one
             self._feed_piece(data)
             return total
@@ -121,7 +122,15 @@ class HttpSession(Session):
             pos = end
             if pos == total or self._closing or self.blocked:
                 return total if self._closing else pos
-            end = _end_of_piece(raw, pos)
+            end = self._end_of_piece(raw, pos)
+
+    def _end_of_piece(self, raw: bytes, start: int) -> int:
+        end = _end_of_piece(raw, start)
+        if self._body_left > 0:
+            # A Content-Length body ends a piece too, so the head after it is counted
+            # from its first byte, as any other (the 431 rule of WIRE.md).
+            return min(end, start + self._body_left)
+        return end
 
     def _feed_piece(self, piece: memoryview) -> None:
         if self._head_started is None and not self._in_body:
@@ -175,6 +184,7 @@ class HttpSession(Session):
         self._body_bytes = 0
         self._transfer_encoding = False
         self._too_large = False
+        self._body_left = 0
         self._url.clear()
         self._content_type = None
         self._body = None
@@ -194,6 +204,7 @@ class HttpSession(Session):
             # Decided when the head ends, so a fault later in the head wins whatever
             # the reads split (WIRE.md's table).
             self._too_large = declared > self.settings.max_body_bytes
+            self._body_left = declared
         elif lower == b"transfer-encoding":
             self._transfer_encoding = True
         elif lower == b"content-type":
@@ -216,6 +227,8 @@ class HttpSession(Session):
             self._abort(0)
 
     def on_body(self, body: bytes) -> None:
+        if not self._transfer_encoding:
+            self._body_left -= len(body)
         self._body_bytes += len(body)
         if self._body_bytes > self.settings.max_body_bytes:
             self._abort(413)
@@ -224,6 +237,7 @@ class HttpSession(Session):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._body_left = 0
         parser = self._parser
         if not parser.should_keep_alive():
             connection = wire.CLOSE
