@@ -103,9 +103,35 @@ def test_server_host_and_two_client_hosts(topology: netns.Topology, tmp_path: Pa
         assert f"host {host.url}:" in summary
 
 
-def test_lost_session_stops_the_remote_server() -> None:
+@pytest.fixture(scope="module")
+def one_host() -> Iterator[netns.Topology]:
     _skip_without(sshd=True)
-    with netns.Topology(1, sshd=True) as topo, contextlib.ExitStack() as stack:
+    with netns.Topology(1, sshd=True) as topo:
+        yield topo
+
+
+def test_setup_copies_the_checkout(one_host: netns.Topology, tmp_path: Path) -> None:
+    target = tmp_path / "checkout"
+    options = [arg for option in one_host.ssh_options for arg in ("--ssh-option", option)]
+    done = subprocess.run([sys.executable, "-m", "bench.remote", "setup", "--no-zoo",
+                           "--remote-dir", str(target), *options, one_host.hosts[0].url],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT,
+                             check=True).stdout.split()
+    for name in ("zoo", "bench/remote.py", "bench/native/loadgen.c", "tests/test_remote.py"):
+        assert name in tracked
+        assert (target / name).read_bytes() == (ROOT / name).read_bytes()
+    assert os.access(target / "zoo", os.X_OK)
+    assert not (target / ".git").exists() and not (target / ".venv").exists()
+    bad = subprocess.run([sys.executable, "-m", "bench.remote", "setup", "nohost"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "expected ssh://" in bad.stderr
+
+
+def test_lost_session_stops_the_remote_server(one_host: netns.Topology) -> None:
+    topo = one_host
+    with contextlib.ExitStack() as stack:
         placement = remote.from_options(
             stack, server_host=topo.hosts[0].url, client_hosts=None,
             ssh_options=topo.ssh_options, remote_dir=None, host=None, net="loopback",
