@@ -389,6 +389,7 @@ static const char *find_crlf(const char *p, size_t n, int *bad)
  * only once the head has ended (WIRE.md).
  */
 static int parse_line(srv_t *s, const char *h, const char *le, req_t *r);
+static const char *request_line_end(const char *h, size_t n, const char **next);
 
 static int head_prefix_bad(srv_t *s, const char *h, size_t n)
 {
@@ -404,18 +405,19 @@ static int head_prefix_bad(srv_t *s, const char *h, size_t n)
     for (; q < end && *q != ' ' && *q != '\r'; q++)
         if ((unsigned char)*q < 0x20 || (unsigned char)*q >= 0x7f)
             return 1;
-    const char *line = memmem(h, n, "\r\n", 2);
+    const char *next;
+    const char *line = request_line_end(h, n, &next);
     if (!line)
         return 0;
     req_t rl;
     if (sp - h == 3 && memcmp(h, "PRI", 3) == 0) {
-        if (line + 2 < end)
+        if (next < end)
             return 1;           /* llhttp refuses PRI at the first byte after its line */
     } else if (parse_line(s, h, line, &rl) < 0) {
         return 1;               /* the whole line as llhttp reads it (an RTSP method too) */
     }
     int seen_clen = 0, seen_te = 0, chunked = 0;
-    for (line += 2; line < end;) {
+    for (line = next; line < end;) {
         const char *eol = memmem(line, (size_t)(end - line), "\r\n", 2);
         const char *lend = eol ? eol : (end[-1] == '\r' ? end - 1 : end);
         const char *colon = line;
@@ -481,6 +483,31 @@ static int head_prefix_bad(srv_t *s, const char *h, size_t n)
     return 0;
 }
 
+/* Is the request line h[0..n) one that llhttp lets a bare LF end? HTTP/0.9's: a method,
+ * spaces and a target, with no version (nor a space) after it. */
+static int line09_lf(const char *h, size_t n)
+{
+    const char *end = h + n, *t = memchr(h, ' ', n);
+    if (!t)
+        return 0;
+    while (t < end && *t == ' ')
+        t++;
+    return t < end && !memchr(t, ' ', (size_t)(end - t));
+}
+
+/* Where the request line in h[0..n) ends (at its CR, or a 0.9 line's LF), and where the
+ * next line starts (*next); NULL if the line has no end yet (or a bad one). */
+static const char *request_line_end(const char *h, size_t n, const char **next)
+{
+    const char *lf = memchr(h, '\n', n);
+    if (!lf)
+        return NULL;
+    *next = lf + 1;
+    if (lf > h && lf[-1] == '\r')
+        return lf - 1;
+    return line09_lf(h, (size_t)(lf - h)) ? lf : NULL;
+}
+
 /* Where the head in h[0..n) ends (after its blank line): 0 if not yet; or *bad, and the
  * offset of the byte that is wrong in *bad_at. */
 static size_t head_end(const char *h, size_t n, int *bad, size_t *bad_at)
@@ -488,6 +515,11 @@ static size_t head_end(const char *h, size_t n, int *bad, size_t *bad_at)
     size_t off = 0;
     for (;;) {
         const char *eol = find_crlf(h + off, n - off, bad);
+        if (*bad && !off && *eol == '\n' && line09_lf(h, (size_t)(eol - h))) {
+            *bad = 0;           /* llhttp ends an HTTP/0.9 request line at a bare LF */
+            off = (size_t)(eol - h) + 1;
+            continue;
+        }
         if (*bad)
             *bad_at = (size_t)(eol - h);
         if (!eol || *bad)
@@ -590,11 +622,10 @@ static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t m
     memset(r, 0, sizeof *r);
     r->clen = -1;
     const char *end = h + len, *p;
-    const char *le = memmem(h, len, "\r\n", 2);
+    const char *le = request_line_end(h, len, &p);
     if (!le || parse_line(s, h, le, r) < 0)
         return -1;
     /* headers */
-    p = le + 2;
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         if (!eol || eol == p || eol[-1] != '\r')
