@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "latency, kthread start-up, khttpd's hot path, system calls) "
                              "instead of the tables; traced figures stay apart (bench.vm_trace)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the measured runs, one extra run per server and workload "
+                             "under py-spy: a flame graph each and the top functions by self "
+                             "time (bench.profile); kept out of the figures")
     return parser
 
 
@@ -350,6 +354,10 @@ def run(argv: list[str] | None = None) -> int:
         resolved = resolve_options(options)
         if options.trace and not vm_run:
             raise UsageError("--trace needs --vm: it reads the guest kernel's tracefs")
+        if options.profile and (vm_run or options.server_host or options.client_hosts
+                                or options.net != "loopback"):
+            raise UsageError("--profile samples the server's processes on this machine: not "
+                             "with --vm, remote hosts or --net veth")
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"python -m bench: error: {exc}", file=sys.stderr)
@@ -498,9 +506,27 @@ def _run_plan(argv: list[str], options: argparse.Namespace, targets: list[runner
     meta["complete"] = len(runs) == len(order)
     files = report.write_outputs(out_dir, runs, meta)
     print(report.console_report(report.aggregate(runs), note))
+    if options.profile and meta["complete"]:
+        files += _profiles(order, runs, settings, (server_cpus, client_cpus), out_dir)
     print(f"\nbench: {len(runs)} runs in {progress.fmt_duration(meta['wall_s'])}; wrote "
           f"{', '.join(files)} to {out_dir}", file=sys.stderr)
     return 0 if meta["complete"] else 130
+
+
+def _profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[dict[str, Any]],
+              settings: runner.Settings, cpus: tuple[list[int], list[int]],
+              out_dir: str) -> list[str]:
+    """--profile: the profiled runs, their tables printed; the files written."""
+    from bench import profile
+
+    why = profile.unavailable()
+    if why is not None:
+        print(f"bench: --profile: not profiling ({why}); the figures above stand",
+              file=sys.stderr)
+        return []
+    profiles = profile.run_profiles(order, runs, settings, cpus, out_dir)
+    print("\n" + profile.profile_report(profiles))
+    return profile.write(profiles, out_dir)
 
 
 def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.Settings,
