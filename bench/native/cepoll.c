@@ -290,15 +290,21 @@ static const char *const HTTP_METHODS[] = {
     "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH",
     "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK", "UNLINK",
     "SOURCE", "QUERY", NULL};
-/* Tokens llhttp also reads as methods before it fails on the protocol (RTSP, PRI). */
+/* Tokens llhttp also reads as methods: RTSP's, and PRI (HTTP/2's preface). */
 static const char *const OTHER_METHODS[] = {
     "PRI", "DESCRIBE", "ANNOUNCE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER",
     "SET_PARAMETER", "REDIRECT", "RECORD", "FLUSH", NULL};
+/* The methods llhttp takes with an RTSP/ version (ICE/ takes SOURCE only). */
+static const char *const RTSP_METHODS[] = {
+    "OPTIONS", "DESCRIBE", "ANNOUNCE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER",
+    "SET_PARAMETER", "REDIRECT", "RECORD", "FLUSH", "GET", "POST", NULL};
+/* What llhttp wants after a PRI request line (HTTP/2's preface); it refuses it whole. */
+static const char PRI_REST[] = "\r\nSM\r\n\r\n";
 
-static int known_method(const char *m, size_t n)
+static int in_list(const char *const *list, const char *m, size_t n)
 {
-    for (int i = 0; HTTP_METHODS[i]; i++)
-        if (strlen(HTTP_METHODS[i]) == n && memcmp(HTTP_METHODS[i], m, n) == 0)
+    for (int i = 0; list[i]; i++)
+        if (strlen(list[i]) == n && memcmp(list[i], m, n) == 0)
             return 1;
     return 0;
 }
@@ -410,12 +416,15 @@ static int head_prefix_bad(srv_t *s, const char *h, size_t n)
     if (!line)
         return 0;
     req_t rl;
-    if (sp - h == 3 && memcmp(h, "PRI", 3) == 0) {
-        if (next < end)
-            return 1;           /* llhttp refuses PRI at the first byte after its line */
-    } else if (parse_line(s, h, line, &rl) < 0) {
-        return 1;               /* the whole line as llhttp reads it (an RTSP method too) */
+    int pr = parse_line(s, h, line, &rl);
+    if (pr == -3) {
+        /* PRI ... HTTP/x: llhttp wants HTTP/2's preface, and refuses it once it deviates
+         * or is complete */
+        size_t got = (size_t)(end - next);
+        return got >= sizeof PRI_REST - 1 || memcmp(next, PRI_REST, got) != 0;
     }
+    if (pr < 0)
+        return 1;               /* the whole line as llhttp reads it (an RTSP method too) */
     int seen_clen = 0, seen_te = 0, chunked = 0;
     for (line = next; line < end;) {
         const char *eol = memmem(line, (size_t)(end - line), "\r\n", 2);
@@ -544,7 +553,8 @@ static int media_is(const char *v, size_t n, const char *form)
     return e - b == strlen(form) && strncasecmp(v + b, form, e - b) == 0;
 }
 
-/* The request line h[0..le) (le at its CRLF) as llhttp reads it: 0, or -1 malformed. */
+/* The request line h[0..le) (le at its line end) as llhttp reads it: 0; -1 malformed; -3
+ * PRI with an HTTP/ version, whose fate hangs on the bytes after it (HTTP/2's preface). */
 static int parse_line(srv_t *s, const char *h, const char *le, req_t *r)
 {
     const char *p = h;
@@ -557,8 +567,7 @@ static int parse_line(srv_t *s, const char *h, const char *le, req_t *r)
     size_t ml = (size_t)(sp - p);
     r->get = ml == 3 && memcmp(p, "GET", 3) == 0;
     r->head = ml == 4 && memcmp(p, "HEAD", 4) == 0;
-    r->known = known_method(p, ml);
-    if (!r->known)
+    if (!method_prefix_ok(p, ml, 1))
         return -1;              /* a method llhttp does not know: malformed, as the core says */
     r->connect = ml == 7 && memcmp(p, "CONNECT", 7) == 0;
     const char *t = sp + 1;
@@ -577,15 +586,26 @@ static int parse_line(srv_t *s, const char *h, const char *le, req_t *r)
         v++;
     if (sp2 < le && v == le)
         return -1;              /* spaces, then the end of the line */
-    if (sp2 == le) {
+    /* the protocol: none (0.9: any method llhttp reads), HTTP/, RTSP/ or ICE/ (each with
+     * its own methods), then the versions llhttp takes: 0.9, 1.0, 1.1, 2.0 */
+    const char *const *methods = NULL;
+    size_t pl = 0;
+    if (sp2 == le)
         r->ver = 9;
-    } else if (le - v == 8 && memcmp(v, "HTTP/", 5) == 0 && v[6] == '.' && isdigit((unsigned char)v[5]) &&
-               isdigit((unsigned char)v[7])) {
-        r->ver = (v[5] - '0') * 10 + (v[7] - '0');
-        if (r->ver != 9 && r->ver != 10 && r->ver != 11 && r->ver != 20)
-            return -1;          /* the versions llhttp takes: 0.9, 1.0, 1.1, 2.0 */
-    } else {
+    else if (le - v == 8 && memcmp(v, "HTTP/", 5) == 0)
+        methods = HTTP_METHODS, pl = 5;
+    else if (le - v == 8 && memcmp(v, "RTSP/", 5) == 0)
+        methods = RTSP_METHODS, pl = 5;
+    else if (le - v == 7 && memcmp(v, "ICE/", 4) == 0)
+        pl = 4;
+    else
         return -1;
+    if (pl) {
+        if (!isdigit((unsigned char)v[pl]) || v[pl + 1] != '.' || !isdigit((unsigned char)v[pl + 2]))
+            return -1;
+        r->ver = (v[pl] - '0') * 10 + (v[pl + 2] - '0');
+        if (r->ver != 9 && r->ver != 10 && r->ver != 11 && r->ver != 20)
+            return -1;
     }
     /* the path: origin form, or absolute form (scheme://authority/path) */
     const char *path = t, *pend = sp2;
@@ -607,24 +627,29 @@ static int parse_line(srv_t *s, const char *h, const char *le, req_t *r)
         path = slash ? slash : "/";
         pend = slash ? sp2 : path + 1;
     }
-    size_t pl = 0;
-    while (path + pl < pend && path[pl] != '?' && path[pl] != '#')
-        pl++;
-    r->root = pl == 0 || (pl == 1 && path[0] == '/');
-    r->gb = s->gb && pl == strlen(s->gb_path) && memcmp(path, s->gb_path, pl) == 0;
+    size_t plen = 0;
+    while (path + plen < pend && path[plen] != '?' && path[plen] != '#')
+        plen++;
+    r->root = plen == 0 || (plen == 1 && path[0] == '/');
+    r->gb = s->gb && plen == strlen(s->gb_path) && memcmp(path, s->gb_path, plen) == 0;
+    if (sp2 == le)
+        return 0;
+    if (pl == 4 ? !(ml == 6 && memcmp(p, "SOURCE", 6) == 0) : !in_list(methods, p, ml))
+        return methods == HTTP_METHODS && ml == 3 && memcmp(p, "PRI", 3) == 0 ? -3 : -1;
     return 0;
 }
 
 /* Parse a complete head (ending in CRLF CRLF). 0 ok, -1 malformed, -2 a length over the
- * limit. */
+ * limit, -3 a PRI request line (parse_line). */
 static int parse_request(srv_t *s, const char *h, size_t len, req_t *r, size_t max_body)
 {
     memset(r, 0, sizeof *r);
     r->clen = -1;
     const char *end = h + len, *p;
     const char *le = request_line_end(h, len, &p);
-    if (!le || parse_line(s, h, le, r) < 0)
-        return -1;
+    int lr = le ? parse_line(s, h, le, r) : -1;
+    if (lr < 0)
+        return lr;              /* -3: PRI, judged against HTTP/2's preface */
     /* headers */
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
@@ -2368,6 +2393,8 @@ static size_t process_http(srv_t *s, sconn_t *c, const char *d, size_t n, uint64
         c->head_skipped = 0;
         req_t r;
         int pr = parse_request(s, h, hl, &r, s->max_body);
+        if (pr == -3 && !head_prefix_bad(s, h, avail))
+            break;              /* PRI: so far HTTP/2's preface, which llhttp waits out */
         if (pr == 0 && r.clen == -2)
             pr = -2;            /* body over the limit */
         else if (pr == 0 && (r.connect || (r.upgrade_hdr && r.conn_upgrade)))
