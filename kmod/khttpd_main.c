@@ -35,8 +35,11 @@
 /* Room for any one response this server composes (checked below). */
 #define KHTTPD_OUT_RESERVE 1024
 #define KHTTPD_DATE_LEN 29	/* "Mon, 23 Nov 2026 12:00:00 GMT" */
-/* The lingering close reads at most this much, for at most a second in all. */
-#define KHTTPD_DRAIN_BYTES (64 * 1024)
+/*
+ * The lingering close reads at most this much, for at most a second in all:
+ * the core's Settings.linger_bytes and linger_seconds.
+ */
+#define KHTTPD_DRAIN_BYTES (1024 * 1024)
 #define KHTTPD_DRAIN_TIME HZ
 
 #define KHTTPD_HEAD_FMT \
@@ -116,6 +119,7 @@ struct khttpd_pending {
 	bool chunked;
 	bool head_only;
 	bool file;			/* a path under root=, in the conn's path */
+	bool last;			/* nothing after this request is read */
 	int code;
 	enum khttpd_conn_hdr conn_hdr;
 	u64 skip;			/* Content-Length bytes still to drop */
@@ -444,17 +448,14 @@ static int khttpd_process(struct khttpd_conn *c)
 				ret = khttpd_respond(c, p->code, p->head_only, p->conn_hdr);
 			if (ret)
 				return ret;
-			if (p->conn_hdr == KHTTPD_CLOSE)
+			if (p->conn_hdr == KHTTPD_CLOSE || p->last)
 				return 0;
 		}
 
+		/* a head over KHTTPD_MAX_HEAD is judged (431) before the buffer fills */
 		used = khttpd_parse(c->in + c->in_start, khttpd_unparsed(c), &req);
-		if (!used) {
-			if (khttpd_unparsed(c) < KHTTPD_MAX_HEAD)
-				return 1;
-			ret = khttpd_respond(c, 431, false, KHTTPD_CLOSE);
-			return ret ? ret : 0;
-		}
+		if (!used)
+			return 1;
 		if (req.status) {
 			ret = khttpd_respond(c, req.status, false, KHTTPD_CLOSE);
 			return ret ? ret : 0;
@@ -466,10 +467,11 @@ static int khttpd_process(struct khttpd_conn *c)
 		p->chunked = req.chunked;
 		p->skip = req.body_len;
 		p->head_only = req.method == KHTTPD_HEAD;
+		p->last = req.last;
 		if (!req.keep_alive)
 			p->conn_hdr = KHTTPD_CLOSE;
 		else
-			p->conn_hdr = req.http10 ? KHTTPD_KEEP_10 : KHTTPD_KEEP;
+			p->conn_hdr = req.version == 10 ? KHTTPD_KEEP_10 : KHTTPD_KEEP;
 		if (req.method == KHTTPD_OTHER) {
 			p->code = 405;
 		} else if (khttpd_files_enabled()) {

@@ -22,8 +22,9 @@ enum khttpd_method {
 struct khttpd_req {
 	int status;		/* 0: route it; else 400, 413 or 431, then close */
 	enum khttpd_method method;
-	bool http10;
+	int version;		/* 9 (no version), 10, 11 or 20, as llhttp takes */
 	bool keep_alive;
+	bool last;		/* answer at the head's end, read nothing after */
 	bool root;		/* the path is "/" */
 	const char *path;	/* the target's path, still percent-encoded */
 	size_t path_len;	/* (it points into the parsed buffer) */
@@ -41,9 +42,10 @@ struct khttpd_chunked {
 };
 
 /*
- * Parse the request head at the start of buf. Returns the number of bytes
- * the head takes (req is filled; req->status says whether it is valid), or
- * 0 when more bytes are needed and nothing wrong was seen yet.
+ * Parse the request head at the start of buf, judging its bytes in order as
+ * servers/core/WIRE.md's table says. Returns the number of bytes the head
+ * takes (req is filled; req->status says whether it is valid), or 0 when
+ * more bytes are needed and nothing wrong was seen yet.
  */
 size_t khttpd_parse(const char *buf, size_t len, struct khttpd_req *req);
 

@@ -24,7 +24,7 @@ BIG_LENGTH = b"%d" % (1024 * 1024 + 1)
 METHODS = [
     b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
     b"CONNECT", b"PROPFIND", b"FOO", b"get", b"Get", b"head", b"PLAY", b"PRI", b"SOURCE",
-    b"G\x00T", b"GET\x80", b"GE T", b"", b"\xff", b"GETGETGETGETGETGETGET",
+    b"G\x00T", b"GET\x80", b"GE T", b"", b"\xff", b"GETGETGETGETGETGETGET", b"DESCRIBE",
 ]
 ODD_TARGETS = [
     b"*", b"http://zoo/x?y", b"/%2e%2e/", b"/../etc/passwd", b"/a%20b", b"/%zz", b"/?q=1",
@@ -34,7 +34,7 @@ ODD_TARGETS = [
 VERSIONS = [
     b" HTTP/1.1", b" HTTP/1.0", b"", b" HTTP/2.0", b" HTTP/0.9", b" HTTP/3.0",
     b" HTTP/1.2", b" HTTP/1.x", b" http/1.1", b" HTTP/11", b" HTTP/1.1 ", b"  HTTP/1.1",
-    b" HTTP/", b" HTTP/1.1x",
+    b" HTTP/", b" HTTP/1.1x", b"\n", b" RTSP/1.0", b" RTSP/1.1", b" ICE/1.0",
 ]
 LINE_ENDS = [b"\r\n", b"\n", b"\r", b"\r\r\n"]
 SEPARATORS = [b": ", b":", b":\t", b" : ", b":  ", b" :"]
