@@ -1,7 +1,7 @@
 """What our plumbing costs: each backend against a minimal server of the same model.
 
 Run with ``pytest benchmarks/test_overhead.py -s`` (collected only when named, see
-``conftest.py``; about 70 s on 2 cores). Every backend here and its minimal
+``conftest.py``; about 80 s on 2 cores). Every backend here and its minimal
 counterpart (``benchmarks/minimal/``: the model and nothing else, about 20 lines
 each) serve echo ping-pong, 64 B, over 50 connections; each server is pinned to
 its core and the native load generator to the other (:func:`bench.runner.measure`,
@@ -38,6 +38,7 @@ PAIRS: dict[str, tuple[tuple[str, ...], str]] = {
                 "asyncio BufferedProtocol"),
     "uvloop": ((f"{MINIMAL}/asyncio_protocol.py", "--loop", "uvloop"),
                "the same BufferedProtocol on uvloop"),
+    "c-epoll": ((f"{MINIMAL}/c_epoll.py",), "a C epoll loop (cc -O2, built on first use)"),
 }
 CONNECTIONS = 50
 

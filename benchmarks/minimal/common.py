@@ -14,14 +14,19 @@ import signal
 import socket
 
 
-def listen(extra: dict[str, list[str]] | None = None) -> tuple[socket.socket, argparse.Namespace]:
-    """Parse ``--proto echo --port N`` (plus ``extra`` choice flags), listen, say so."""
+def parse(extra: dict[str, list[str]] | None = None) -> argparse.Namespace:
+    """``--proto echo --port N``, plus ``extra`` choice flags; a bad flag exits 2."""
     parser = argparse.ArgumentParser(description="a minimal echo server")
     parser.add_argument("--proto", choices=["echo"], required=True)
     parser.add_argument("--port", type=int, default=0)
     for flag, choices in (extra or {}).items():
         parser.add_argument(flag, choices=choices, default=choices[0])
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def listen(extra: dict[str, list[str]] | None = None) -> tuple[socket.socket, argparse.Namespace]:
+    """Parse the flags, listen on loopback, print the readiness line."""
+    args = parse(extra)
     sock = socket.create_server(("127.0.0.1", args.port), backlog=1024)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     print(f"listening on 127.0.0.1:{sock.getsockname()[1]}", flush=True)
