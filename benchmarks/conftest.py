@@ -14,7 +14,7 @@ configuration serves both commands, each doing what its words say:
 
 ``test_loadgen_ceiling.py`` (the proof that the load generator is not the
 bottleneck, about a minute, sensitive to other load) and ``test_overhead.py``
-(each backend against a minimal server of its model, about 70 s) are collected
+(each backend against a minimal server of its model, about 80 s) are collected
 only when named on the command line: ``pytest benchmarks/test_loadgen_ceiling.py``.
 
 Workloads: ``echo`` and ``http`` for every server that speaks them, and
