@@ -15,7 +15,7 @@ setup(
             sources=["bench/native/loadgen.c"],
             depends=["bench/native/hist.h"],
             extra_compile_args=_CFLAGS,
-            libraries=["pthread"],
+            libraries=["pthread", "m"],
         ),
         Extension(
             "servers._cepoll",

@@ -9,11 +9,23 @@ prints it for humans or, with ``--json``, as one JSON object on stdout::
      "errors": {"refused", "reset", "timeout", "short", "wrong", "status", "other"},
      "errors_total", "idle_open", "client_cpu_s", "client_cpu_util",
      "rate", "open_loop", "histogram": {"buckets": [[HIGH_US, COUNT], ...], "sum_ns",
-     "max_us"}, "start_late_s"}
+     "max_us"}, "start_late_s", "arrivals", "seed",
+     "halves": {"duration_s": [A, B], "requests": [N1, N2], "p99_us": [P1, P2]}}
 
 ``histogram`` holds the raw latency buckets (each named by the highest value it
 holds, in microseconds), so results of several load generators merge exactly
 (:func:`merge`); ``start_late_s`` is how late the clock started after ``--start-at``.
+``halves`` splits the measured window in two (answers by completion time), for the
+harness's stationarity check.
+
+Open loop (``--rate``) offers requests by one of two arrival processes
+(``--arrivals``): ``poisson`` (the default) draws each connection's gaps from an
+exponential distribution of mean connections/rate, so the connections together offer a
+Poisson stream (independent arrivals: bursts and lulls as real clients make them);
+``uniform`` spaces each connection's requests exactly connections/rate apart (a
+metronome: no bursts, so queues stay shorter and percentiles lower than real traffic
+gives). The gaps come from a generator seeded by ``--seed`` and the connection's slot, so
+a run's arrival times are the same on every repeat with the same seed.
 
 Exit status: 0 whenever the test ran, errors included (errors are data: a
 server that refuses every connection gives ``requests == 0`` and
@@ -44,7 +56,9 @@ RESULT_KEYS = (
     "workload", "connections", "threads", "duration_s", "requests", "requests_per_s",
     "bytes_sent", "bytes_received", "latency_us", "errors", "errors_total", "idle_open",
     "client_cpu_s", "client_cpu_util", "rate", "open_loop", "histogram", "start_late_s",
+    "arrivals", "seed", "halves",
 )
+ARRIVALS = ("poisson", "uniform")
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
 DEFAULT_DURATION = 10.0
 LIMITED_DURATION_CAP = 60.0  # with --requests and no --duration: the run's time bound
@@ -84,6 +98,8 @@ def run(
     path: str | None = None,
     post_every: int = 20,
     start_at: float | None = None,
+    arrivals: str = "poisson",
+    seed: int = 1,
 ) -> dict[str, Any]:
     """Run one load test and return the result dict (see the module docstring).
 
@@ -95,7 +111,8 @@ def run(
     the page's marker; ``guestbook-post`` also POSTs the form every ``post_every``
     requests of a connection and expects 303. ``start_at`` (seconds since the epoch)
     holds the clock, once connected, until that instant, so that load generators on
-    several hosts start together. Raises ValueError for invalid
+    several hosts start together. ``arrivals`` and ``seed``: the open loop's arrival
+    process (see the module docstring). Raises ValueError for invalid
     parameters and OSError when the target cannot be resolved.
     """
     if workload not in WORKLOADS:
@@ -131,6 +148,10 @@ def run(
     if start_at is not None and not 0 < start_at <= time.time() + START_AT_HORIZON_S:
         raise ValueError(f"start_at must be an instant (seconds since the epoch) at most "
                          f"{START_AT_HORIZON_S:g} s from now")
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"arrivals must be one of {', '.join(ARRIVALS)}, got {arrivals!r}")
+    if not 0 <= seed < 2**64:
+        raise ValueError("seed must be an integer in 0..2**64-1")
     app: dict[str, Any] = {"post_every": post_every}
     if workload == "file":
         from bench.files import url_path
@@ -151,10 +172,13 @@ def run(
         threads=threads, rate=float(rate or 0.0), size=size, pipeline=pipeline, idle=idle,
         warmup=float(warmup), requests=requests or 0, timeout=float(timeout),
         host_header=host_header, start_at=float(start_at or 0.0), **app,
+        arrivals=arrivals, seed=seed,
     )
     result.pop("wall_s", None)
     result["rate"] = float(rate) if rate else None
     result["open_loop"] = bool(rate)
+    result["arrivals"] = arrivals if rate else None
+    result["seed"] = seed if rate else None
     return {key: result[key] for key in RESULT_KEYS}
 
 
@@ -227,7 +251,8 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 def format_human(result: dict[str, Any]) -> str:
     """A few lines: throughput, latency percentiles, errors."""
     lat = result["latency_us"]
-    loop = f"open loop at {result['rate']:.0f} req/s" if result["open_loop"] else "closed loop"
+    loop = (f"open loop at {result['rate']:.0f} req/s ({result['arrivals']} arrivals)"
+            if result["open_loop"] else "closed loop")
     errors = ", ".join(f"{k} {v}" for k, v in result["errors"].items() if v) or "none"
     lines = [
         f"{result['workload']}: {result['connections']} connections, "
@@ -287,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start-at", type=positive_float, default=None, metavar="EPOCH_S",
                         help="once connected, start the clock at this CLOCK_REALTIME instant "
                              "(seconds since the epoch; load generators on several hosts)")
+    parser.add_argument("--arrivals", choices=ARRIVALS, default="poisson",
+                        help="open loop: exponential gaps (poisson, the default) or a fixed "
+                             "period (uniform) between a connection's requests")
+    parser.add_argument("--seed", type=non_negative_int, default=1,
+                        help="open loop, poisson: the arrival generator's seed (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return parser
 
@@ -302,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             pipeline=options.pipeline, idle=options.idle, warmup=options.warmup,
             requests=options.requests, timeout=options.timeout, path=options.path,
             post_every=options.post_every, start_at=options.start_at,
+            arrivals=options.arrivals, seed=options.seed,
         )
     except (OSError, ValueError) as exc:
         print(f"loadgen: cannot run: {exc}", file=sys.stderr)

@@ -45,7 +45,7 @@ from typing import Any
 
 import psutil
 
-from bench import metrics
+from bench import metrics, stats
 from servers.backend import unavailable_reason
 
 READY_TIMEOUT = 10.0
@@ -74,6 +74,8 @@ class Settings:
     warmup: float = 0.25
     idle: int = 0
     rate: float | None = None
+    arrivals: str = "poisson"  # open loop: the arrival process, and its seed (bench.loadgen)
+    seed: int = 1
     size: int = 64
     pipeline: int = 1
     workers: int | None = None
@@ -359,7 +361,8 @@ def loadgen_argv(
     if wu > 0:
         argv += ["--warmup", f"{wu:g}"]
     if settings.rate:
-        argv += ["--rate", f"{settings.rate:g}"]
+        argv += ["--rate", f"{settings.rate:g}", "--arrivals", settings.arrivals,
+                 "--seed", str(settings.seed)]
     if settings.idle:
         argv += ["--idle", str(settings.idle)]
     if workload == "http-pipeline":
@@ -418,6 +421,7 @@ def empty_record(target: Target, workload: str, concurrency: int, repeat: int) -
         "bytes_received": None, "mb_per_s": None, "cpu_us_per_mb": None,
         "backend_wait_ms": None, "backend_wait_measured_ms": None,
         "littles_limit": None, "littles_share": None,
+        "halves": None, "unstable": "",
         "wall_s": 0.0,
     }
 
@@ -553,7 +557,7 @@ def fill_record(
         client_cpu_util=result["client_cpu_util"],
         client_bound=bool(result["client_cpu_util"] >= CLIENT_BOUND_UTIL),
         window_s=usage.window_s, server_rss_bytes=usage.peak_rss, server_pss_bytes=usage.pss,
-        bytes_received=result.get("bytes_received"),
+        bytes_received=result.get("bytes_received"), halves=result.get("halves"),
     )
     if split_label(workload)[0] == "file" and result["duration_s"]:
         record["mb_per_s"] = result["bytes_received"] / result["duration_s"] / 1e6
@@ -607,6 +611,8 @@ def fill_record(
             f"; errors: {error_reason(result['errors'])}" if result["errors_total"] else "")
         return
     record["idle_open"] = result.get("idle_open")
+    record["unstable"] = (stats.halves_verdict(record["halves"])
+                          or stats.neighbour_verdict(record["foreign_cpu_util"]))
     dropped = settings.idle - (result.get("idle_open") or 0) if settings.idle else 0
     if result["errors_total"] or dropped > 0:
         record["status"] = "errors"

@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -72,6 +73,8 @@ typedef struct {
     int pipeline;
     size_t size;
     double rate;
+    int poisson;                /* open loop: exponential gaps (1) or a fixed period (0) */
+    uint64_t seed;              /* open loop: arrivals are a function of it and the slot */
     uint64_t warmup_ns, duration_ns, timeout_ns;
     long long limit;            /* 0: none */
     char *req;                  /* one HTTP request */
@@ -86,7 +89,7 @@ typedef struct {
     char *preq;                 /* `pipeline` requests back to back */
     unsigned char *pattern;     /* echo source: size + PATTERN_SPAN random bytes */
     uint64_t interval_ns;       /* open loop: per-connection period between sends */
-    uint64_t t_start, t0, t_measure, t_end, t_hard_end;
+    uint64_t t_start, t0, t_measure, t_mid, t_end, t_hard_end;
     atomic_int ready;           /* threads done connecting */
     atomic_int go;              /* t0 is fixed: run */
     atomic_llong issued;        /* measured requests reserved (for the limit) */
@@ -122,6 +125,7 @@ typedef struct conn {
     int64_t body_left;
     uint64_t body_off;          /* body bytes of the current answer so far */
     uint64_t t_req, deadline, due, wake;
+    uint64_t rng;               /* open loop, Poisson: this connection's arrival stream */
     char *hbuf;
     uint32_t hlen, hcap;
 } conn_t;
@@ -144,7 +148,8 @@ typedef struct {
     char *rbuf;
     size_t rbuf_size;
     hist_t hist;
-    uint64_t requests, bytes_sent, bytes_recv;
+    hist_t hist2;               /* the answers of the measured window's second half */
+    uint64_t requests, requests2, bytes_sent, bytes_recv;
     uint64_t errors[E_COUNT];
     uint64_t last_done;
     double cpu_s;
@@ -165,6 +170,26 @@ static inline double realtime_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* splitmix64: one step; seeds each connection's arrival stream from (seed, slot). */
+static inline uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Open loop: the gap before c's next request.  Uniform: the fixed period; Poisson: an
+   exponential gap of the same mean (-ln U, U uniform in (0, 1)), so that the
+   connections together offer a Poisson stream of the asked total rate. */
+static inline uint64_t next_gap(const cfg_t *g, conn_t *c)
+{
+    if (!g->poisson)
+        return g->interval_ns;
+    double u = ((double)(splitmix64(&c->rng) >> 11) + 0.5) / 9007199254740992.0;
+    return (uint64_t)(-log(u) * (double)g->interval_ns);
 }
 
 static inline int is_connect_workload(int w) { return w == W_ECHO_CONNECT || w == W_HTTP_CONNECT; }
@@ -366,7 +391,7 @@ static void send_request(thr_t *t, conn_t *c, uint64_t now)
             return;
         }
         t_req = c->due;
-        c->due += g->interval_ns;
+        c->due += next_gap(g, c);
     }
     int batch = w == W_HTTP_PIPELINE ? g->pipeline : 1;
     int measured = t_req >= g->t_measure;
@@ -548,6 +573,10 @@ static void answer_done(thr_t *t, conn_t *c, uint64_t now)
             hist_record_ns(&t->hist, now - c->t_req);
             t->requests++;
             t->last_done = now;
+            if (now >= t->cfg->t_mid) {
+                hist_record_ns(&t->hist2, now - c->t_req);
+                t->requests2++;
+            }
         }
     } else {
         count_error(t, kind, 1);
@@ -881,7 +910,8 @@ static void scan_timeouts(thr_t *t, uint64_t now)
 static void reset_stats(thr_t *t)
 {
     memset(&t->hist, 0, sizeof t->hist);
-    t->requests = t->bytes_sent = t->bytes_recv = 0;
+    memset(&t->hist2, 0, sizeof t->hist2);
+    t->requests = t->requests2 = t->bytes_sent = t->bytes_recv = 0;
     memset(t->errors, 0, sizeof t->errors);
     t->measuring = 1;
 }
@@ -951,8 +981,12 @@ static void *thread_main(void *arg)
         reset_stats(t);
     for (int i = 0; i < t->nactive; i++) {
         conn_t *c = &t->conns[i];
-        if (g->rate > 0)
+        if (g->rate > 0 && g->poisson) {
+            c->rng = g->seed ^ ((uint64_t)c->gidx * 0xD1B54A32D192ED03ull);
+            c->due = g->t0 + next_gap(g, c);
+        } else if (g->rate > 0) {
             c->due = g->t0 + (uint64_t)((double)c->gidx * ((double)NS / g->rate));
+        }
         if (c->heap_pos >= 0)
             continue;                           /* a connect retry is pending */
         conn_next(t, c, now);
@@ -1095,22 +1129,53 @@ static int set_double(PyObject *dict, const char *key, double value)
     return rc;
 }
 
+/* The measured window's two halves, for the harness's stationarity check:
+   {"duration_s": [a, b], "requests": [n1, n2], "p99_us": [p1, p2]} (an answer belongs to
+   the half it completed in; the first half's histogram is the whole one less the second's). */
+static PyObject *halves_of(const thr_t *ts, int threads, const hist_t *whole, double first_s,
+                           double second_s)
+{
+    hist_t *h2 = calloc(1, sizeof *h2), *h1 = calloc(1, sizeof *h1);
+    PyObject *out = NULL;
+    if (h2 && h1) {
+        for (int i = 0; i < threads; i++)
+            hist_merge(h2, &ts[i].hist2);
+        for (unsigned i = 0; i < H_SIZE; i++)
+            h1->counts[i] = whole->counts[i] - h2->counts[i];
+        h1->total = whole->total - h2->total;
+        h1->max_us = whole->max_us;
+        out = Py_BuildValue("{s:[dd],s:[KK],s:[KK]}", "duration_s", first_s, second_s,
+                            "requests", (unsigned long long)h1->total,
+                            (unsigned long long)h2->total,
+                            "p99_us", (unsigned long long)hist_percentile(h1, 99.0),
+                            (unsigned long long)hist_percentile(h2, 99.0));
+    } else {
+        PyErr_NoMemory();
+    }
+    free(h1);
+    free(h2);
+    return out;
+}
+
 static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
     static char *kwlist[] = {"host", "port", "workload", "connections", "duration", "threads",
                              "rate", "size", "pipeline", "idle", "warmup", "requests",
                              "timeout", "host_header", "path", "expect_length", "marker",
-                             "post_every", "start_at", NULL};
+                             "post_every", "start_at", "arrivals", "seed", NULL};
     const char *host, *workload, *host_header = NULL, *path = "/", *marker = NULL;
+    const char *arrivals = "poisson";
+    unsigned long long seed = 1;
     int port, conns, threads = 1, pipeline = 1, idle = 0, post_every = 20;
     double duration, rate = 0.0, warmup = 0.0, timeout = 5.0, start_at = 0.0;
     Py_ssize_t size = 64;
     long long limit = 0, expect_length = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "sisid|idniidLdzsLzid", kwlist, &host, &port,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sisid|idniidLdzsLzidsK", kwlist, &host, &port,
                                      &workload, &conns, &duration, &threads, &rate, &size,
                                      &pipeline, &idle, &warmup, &limit, &timeout, &host_header,
-                                     &path, &expect_length, &marker, &post_every, &start_at))
+                                     &path, &expect_length, &marker, &post_every, &start_at,
+                                     &arrivals, &seed))
         return NULL;
     cfg_t *g = calloc(1, sizeof *g);
     if (!g)
@@ -1160,6 +1225,12 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
     g->pipeline = g->workload == W_HTTP_PIPELINE ? pipeline : 1;
     g->size = (size_t)size;
     g->rate = rate;
+    if (strcmp(arrivals, "poisson") != 0 && strcmp(arrivals, "uniform") != 0) {
+        PyErr_Format(PyExc_ValueError, "arrivals must be poisson or uniform, got %s", arrivals);
+        goto out;
+    }
+    g->poisson = strcmp(arrivals, "poisson") == 0;
+    g->seed = seed;
     g->warmup_ns = (uint64_t)(warmup * 1e9);
     g->duration_ns = (uint64_t)(duration * 1e9);
     g->timeout_ns = (uint64_t)(timeout * 1e9);
@@ -1282,6 +1353,7 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
         uint64_t t0 = now_ns();
         g->t_measure = t0 + g->warmup_ns;
         g->t_end = g->t_measure + g->duration_ns;
+        g->t_mid = g->t_measure + g->duration_ns / 2;
         g->t_hard_end = g->t_end + g->timeout_ns;
         g->t0 = t0;
         atomic_store(&g->go, 1);
@@ -1359,6 +1431,8 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
     for (int k = 0; k < E_COUNT; k++)
         etotal += errs[k];
     double mean = h->total ? (double)h->sum_ns / (double)h->total / 1000.0 : 0.0;
+    double half1 = g->t_mid > g->t_measure ? (double)(g->t_mid - g->t_measure) / 1e9 : 0.0;
+    PyObject *halves = halves_of(ts, threads, h, half1, dur > half1 ? dur - half1 : 0.0);
     PyObject *lat = Py_BuildValue(
         "{s:K,s:K,s:K,s:K,s:K,s:d}", "p50", (unsigned long long)hist_percentile(h, 50.0),
         "p90", (unsigned long long)hist_percentile(h, 90.0),
@@ -1392,6 +1466,9 @@ static PyObject *lg_run(PyObject *self, PyObject *args, PyObject *kw)
                    set_double(result, "start_late_s", late_s) < 0))
         Py_CLEAR(result);
     Py_XDECREF(buckets);
+    if (result && (!halves || PyDict_SetItemString(result, "halves", halves) < 0))
+        Py_CLEAR(result);
+    Py_XDECREF(halves);
     Py_XDECREF(lat);
     Py_XDECREF(errd);
 out:
