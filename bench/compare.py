@@ -4,9 +4,11 @@ OLD and NEW are results directories or results.json files written by
 ``python -m bench``. For every (server, workload, concurrency) measured in
 both, the table shows requests/s and p99 before and after, as a ratio and a
 percentage, and flags a change as significant only when it is larger than the
-noise the runs themselves measured: the new median must lie outside the old
-run's min..max range over its repeats and the old median outside the new range
-(with a single repeat there is no range, so a 10% threshold stands in).
+noise the runs themselves measured, by the rule the report's "best" marks and
+ranking use (:func:`bench.stats.differs`): the two 95% confidence intervals over
+the repeats do not overlap (with a single repeat there is no interval, so a 10%
+threshold stands in). Result sets written before intervals were stored fall back
+to the min..max range over the repeats.
 """
 
 from __future__ import annotations
@@ -17,34 +19,28 @@ from typing import Any
 
 from tabulate import tabulate
 
+from bench import stats
 from bench.report import FAILED, fmt_rate, fmt_us, load_results
-
-FALLBACK_THRESHOLD = 0.10
 
 
 def _key(r: dict[str, Any]) -> tuple[str, str, int]:
     return (r["server"], r["workload"], int(r["concurrency"]))
 
 
+def _interval(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The requests/s interval; for older result sets the min..max of the repeats."""
+    if "ci" in result:
+        return (result.get("ci") or {}).get("requests_per_s")
+    lo, hi = result.get("requests_per_s_min"), result.get("requests_per_s_max")
+    return {"low": lo, "high": hi} if lo is not None and hi is not None and hi > lo else None
+
+
 def significant(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """True when the req/s change exceeds the spread measured over the repeats."""
+    """True when the req/s change lies beyond the noise (bench.stats.differs)."""
     a, b = old.get("requests_per_s"), new.get("requests_per_s")
     if not a or not b:
         return False
-    ranges = []
-    for r in (old, new):
-        lo, hi = r.get("requests_per_s_min"), r.get("requests_per_s_max")
-        if lo is not None and hi is not None and hi > lo:
-            ranges.append((lo, hi))
-        else:
-            ranges.append(None)
-    if ranges[0] is None and ranges[1] is None:
-        return abs(b / a - 1) > FALLBACK_THRESHOLD
-    outside_old = ranges[0] is None or not ranges[0][0] <= b <= ranges[0][1]
-    outside_new = ranges[1] is None or not ranges[1][0] <= a <= ranges[1][1]
-    if ranges[0] is None or ranges[1] is None:
-        return outside_old and outside_new and abs(b / a - 1) > FALLBACK_THRESHOLD / 2
-    return outside_old and outside_new
+    return stats.differs(a, _interval(old), b, _interval(new))
 
 
 def _pct(old: float | None, new: float | None) -> tuple[str, str]:
@@ -78,7 +74,7 @@ def compare_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[l
 
 
 HEADERS = ["server", "workload", "c", "old req/s", "new req/s", "ratio", "change",
-           "old p99", "new p99", "p99 change", "beyond spread"]
+           "old p99", "new p99", "p99 change", "beyond noise"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,5 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate(rows, headers=HEADERS, tablefmt="github" if options.markdown else "simple",
                    stralign="right"))
     flagged = sum(1 for row in rows if row[-1])
-    print(f"\n{flagged} of {len(rows)} changes lie beyond the spread measured over the repeats")
+    print(f"\n{flagged} of {len(rows)} changes lie beyond the noise (95% intervals over the "
+          "repeats do not overlap); the rest are ties")
     return 0

@@ -5,6 +5,9 @@
   half-range as a percentage of the median), the median of each latency
   percentile (max: the largest seen), errors summed, the median per-request
   costs, the peak RSS, and a status that keeps the worst failure's reason.
+  Each median figure gets a 95% confidence interval over its repeats
+  (``ci``: :mod:`bench.stats`); the tables show it as ``±``, and "best" marks
+  and the ranking count only differences whose intervals do not overlap.
 * :func:`throughput_table` renders one workload (rows: servers, columns:
   concurrency, best marked); :func:`cost_table` the per-request costs that
   explain the differences (CPU us, system calls and context switches per
@@ -25,16 +28,28 @@ from typing import Any
 
 from tabulate import tabulate
 
+from bench import stats
+
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
 FAILED = ("failed", "timeout", "skipped", "n/a")
 NOT_RUN = ("skipped", "n/a")  # the server cannot run here, or cannot serve the workload
 STATUS_ORDER = ("n/a", "skipped", "failed", "timeout", "unclean-exit", "errors", "ok")
-LEGEND = ("* best in column   ! errors counted   c client-bound (load generator's core "
-          "saturated: a floor, not the server's limit)   x unclean exit   ±: half the range "
-          "over the repeats")
+LEGEND = ("* best in column, or tied with the best (95% intervals overlap)   ! errors counted"
+          "   c client-bound (load generator's core saturated: a floor, not the server's "
+          "limit)   x unclean exit   u unstable (halves differ or busy neighbours, after one "
+          "rerun)   ~ interval not within --ci   ±: half the 95% confidence interval over "
+          "the repeats, as a % of the median (none with one repeat)")
+CI_KEYS = ("requests_per_s", "p50", "p90", "p99", "p999", "cpu_us_per_req",
+           "syscalls_per_req", "ctx_per_req", "mb_per_s")
 
 MD_LEGEND = LEGEND.replace("* best in column", "**bold**: best in column").replace(
     "   ", "; ")
+
+
+def _value_of(run: dict[str, Any], key: str) -> float | None:
+    if key in LATENCY_KEYS:
+        return (run.get("latency_us") or {}).get(key)
+    return run.get(key)
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -42,15 +57,21 @@ def _median(values: Iterable[float | None]) -> float | None:
     return float(statistics.median(data)) if data else None
 
 
-def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One result per (server, workload, concurrency), in first-seen order."""
+def aggregate(runs: list[dict[str, Any]], ci_target: float | None = None,
+              ) -> list[dict[str, Any]]:
+    """One result per (server, workload, concurrency), in first-seen order.
+
+    ``ci_target`` (percent): the repeats were added until each interval was within
+    it (``--ci``): the intervals are widened for that stop (:mod:`bench.stats`) and a
+    cell whose requests/s interval is wider is marked not converged."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["server"], run["workload"], run["concurrency"]), []).append(run)
-    return [_fold(key, group) for key, group in groups.items()]
+    return [_fold(key, group, ci_target) for key, group in groups.items()]
 
 
-def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, Any]:
+def _fold(key: tuple[str, str, int], group: list[dict[str, Any]],
+          ci_target: float | None = None) -> dict[str, Any]:
     server, workload, concurrency = key
     # medians over the repeats that did not fail (a failed repeat is the status's business)
     measured = [r for r in group
@@ -111,6 +132,17 @@ def _fold(key: tuple[str, str, int], group: list[dict[str, Any]]) -> dict[str, A
         "server_exit": sorted({str(r.get("server_exit")) for r in group}),
         "samples": group,
     }
+    sequential = ci_target is not None
+    result["ci"] = {}
+    for name in CI_KEYS:
+        iv = stats.interval([_value_of(r, name) for r in measured], sequential)
+        result["ci"][name] = iv.as_dict() if iv else None
+    rate_ci = result["ci"]["requests_per_s"]
+    result["ci_pct"] = rate_ci["half_pct"] if rate_ci else None
+    result["ci_converged"] = (None if ci_target is None
+                              else bool(rate_ci and rate_ci["half_pct"] <= ci_target))
+    result["unstable"] = "; ".join(dict.fromkeys(
+        r["unstable"] for r in measured if r.get("unstable")))
     return result
 
 
@@ -181,9 +213,7 @@ def cell_text(result: dict[str, Any] | None, best: bool, markdown: bool = False)
     status = result["status"]
     if status in FAILED:
         return {"failed": "FAIL", "timeout": "TIMEOUT", "skipped": "skip", "n/a": "n/a"}[status]
-    text = fmt_rate(result["requests_per_s"])
-    if result.get("spread_pct") is not None:
-        text += f" ±{result['spread_pct']:.0f}%"
+    text = fmt_rate(result["requests_per_s"]) + fmt_ci(result, "requests_per_s")
     marks = ""
     if result["errors_total"] or status in ("partial", "errors"):
         marks += "!"
@@ -191,21 +221,49 @@ def cell_text(result: dict[str, Any] | None, best: bool, markdown: bool = False)
         marks += "c"
     if status == "unclean-exit":
         marks += "x"
+    if result.get("unstable"):
+        marks += "u"
+    if result.get("ci_converged") is False:
+        marks += "~"
     if best:
         text = f"**{text}**" if markdown else "*" + text
     return text + marks
 
 
-def best_by_column(results: list[dict[str, Any]], workload: str) -> dict[int, str]:
-    """For each concurrency the server with the highest usable requests/s."""
-    best: dict[int, tuple[float, str]] = {}
+def fmt_ci(result: dict[str, Any], key: str) -> str:
+    """' ±12%': half a figure's 95% interval as a share of it; '' without one."""
+    iv = (result.get("ci") or {}).get(key)
+    if not iv or iv.get("half_pct") is None or not math.isfinite(iv["half_pct"]):
+        return ""
+    return f" ±{iv['half_pct']:.0f}%"
+
+
+def _rate_ci(result: dict[str, Any]) -> dict[str, Any] | None:
+    return (result.get("ci") or {}).get("requests_per_s")
+
+
+def tied_with(top: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two results' requests/s are a tie under the one rule (bench.stats)."""
+    return not stats.differs(top["requests_per_s"], _rate_ci(top), other["requests_per_s"],
+                             _rate_ci(other))
+
+
+def best_by_column(results: list[dict[str, Any]], workload: str) -> dict[int, set[str]]:
+    """For each concurrency the servers with the highest usable requests/s: the top
+    one and every one whose interval overlaps it (tied)."""
+    top: dict[int, dict[str, Any]] = {}
     for r in results:
         if r["workload"] != workload or not _usable(r):
             continue
         c = r["concurrency"]
-        if c not in best or r["requests_per_s"] > best[c][0]:
-            best[c] = (r["requests_per_s"], r["server"])
-    return {c: name for c, (_, name) in best.items()}
+        if c not in top or r["requests_per_s"] > top[c]["requests_per_s"]:
+            top[c] = r
+    best: dict[int, set[str]] = {c: set() for c in top}
+    for r in results:
+        if r["workload"] == workload and _usable(r) and r["concurrency"] in top:
+            if r is top[r["concurrency"]] or tied_with(top[r["concurrency"]], r):
+                best[r["concurrency"]].add(r["server"])
+    return best
 
 
 def throughput_table(results: list[dict[str, Any]], workload: str, fmt: str = "simple") -> str:
@@ -219,7 +277,7 @@ def throughput_table(results: list[dict[str, Any]], workload: str, fmt: str = "s
         if not any((server, workload, c) in index for c in concs):
             continue
         rows.append([server] + [
-            cell_text(index.get((server, workload, c)), best.get(c) == server, markdown)
+            cell_text(index.get((server, workload, c)), server in best.get(c, ()), markdown)
             for c in concs])
     headers = ["server"] + [f"c={c}" for c in concs]
     return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
@@ -240,7 +298,7 @@ def latency_table(results: list[dict[str, Any]], workload: str, key: str = "p99"
             elif r["status"] in FAILED:
                 row.append(cell_text(r, False))
             else:
-                row.append(fmt_us(r["latency_us"].get(key)))
+                row.append(fmt_us(r["latency_us"].get(key)) + fmt_ci(r, key))
         if len(row) > 1 and any(cell != "n/a" for cell in row[1:]):
             rows.append(row)
     return tabulate(rows, headers=["server"] + [f"c={c}" for c in concs], tablefmt=fmt,
@@ -263,10 +321,12 @@ def cost_table(results: list[dict[str, Any]], workload: str, concurrency: int,
         lat = r["latency_us"]
         rss, pss = r["server_rss_bytes"], r.get("server_pss_bytes")
         rows.append([
-            r["server"], fmt_rate(r["requests_per_s"]) if r["status"] not in FAILED else "-",
-            fmt_us(lat.get("p50")), fmt_us(lat.get("p99")),
-            fmt_num(r["cpu_us_per_req"]), fmt_num(r["syscalls_per_req"], 2),
-            fmt_num(r["ctx_per_req"], 3),
+            r["server"], fmt_rate(r["requests_per_s"]) + fmt_ci(r, "requests_per_s")
+            if r["status"] not in FAILED else "-",
+            fmt_us(lat.get("p50")) + fmt_ci(r, "p50"), fmt_us(lat.get("p99")) + fmt_ci(r, "p99"),
+            fmt_num(r["cpu_us_per_req"]) + fmt_ci(r, "cpu_us_per_req"),
+            fmt_num(r["syscalls_per_req"], 2) + fmt_ci(r, "syscalls_per_req"),
+            fmt_num(r["ctx_per_req"], 3) + fmt_ci(r, "ctx_per_req"),
             fmt_num(None if r["server_cpu_util"] is None else 100 * r["server_cpu_util"], 0),
             fmt_num(None if rss is None else rss / 2**20, 1),
             fmt_num(None if pss is None else pss / 2**20, 1),
@@ -387,40 +447,58 @@ def ranking(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Servers ordered by score: the mean over all cells of req/s relative to the best.
 
     A failed cell, or one with errors, scores 0, so a server that only looks fast
-    because it dropped clients does not win.
+    because it dropped clients does not win. A cell tied with the best (intervals
+    overlap) scores 1 and counts as a win. The score has an interval too (the mean of
+    each cell's interval bounds over the best's median), and servers whose score
+    intervals overlap share a rank: a server's rank is one more than the number of
+    servers whose score interval lies wholly above its own.
     """
-    best: dict[tuple[str, int], float] = {}
+    best: dict[tuple[str, int], dict[str, Any]] = {}
     for r in results:
-        if _usable(r):
-            key = (r["workload"], r["concurrency"])
-            best[key] = max(best.get(key, 0.0), r["requests_per_s"])
+        key = (r["workload"], r["concurrency"])
+        if _usable(r) and (key not in best or r["requests_per_s"] > best[key]["requests_per_s"]):
+            best[key] = r
     rows: dict[str, dict[str, Any]] = {}
     for r in results:
         key = (r["workload"], r["concurrency"])
         if key not in best or r["status"] in NOT_RUN:
             continue
         row = rows.setdefault(r["server"], {"server": r["server"], "cells": 0, "wins": 0,
-                                            "per_workload": {}, "sum": 0.0})
-        share = r["requests_per_s"] / best[key] if _usable(r) else 0.0
+                                            "per_workload": {}, "sum": 0.0, "low": 0.0,
+                                            "high": 0.0})
+        top = best[key]["requests_per_s"]
+        share = low = high = 0.0
+        if _usable(r):
+            tied = r is best[key] or tied_with(best[key], r)
+            share = 1.0 if tied else r["requests_per_s"] / top
+            span = stats.bounds(r["requests_per_s"], _rate_ci(r))
+            low, high = (span[0] / top, span[1] / top) if span else (share, share)
+            low, high = min(low, share), max(high, share)
+            row["wins"] += tied
         row["cells"] += 1
         row["sum"] += share
-        row["wins"] += share >= 1.0
+        row["low"] += low
+        row["high"] += high
         row["per_workload"].setdefault(r["workload"], []).append(share)
     out = []
     for row in rows.values():
         out.append({
             "server": row["server"], "score": row["sum"] / row["cells"], "wins": row["wins"],
-            "cells": row["cells"],
+            "cells": row["cells"], "score_low": row["low"] / row["cells"],
+            "score_high": row["high"] / row["cells"],
             "per_workload": {w: sum(v) / len(v) for w, v in row["per_workload"].items()},
         })
     out.sort(key=lambda r: -r["score"])
-    for rank, row in enumerate(out, 1):
-        row["rank"] = rank
+    for row in out:
+        row["rank"] = 1 + sum(other["score_low"] > row["score_high"] for other in out)
+    for row in out:
+        row["tied"] = sum(other["rank"] == row["rank"] for other in out) > 1
     return out
 
 
 def ranking_table(rank: list[dict[str, Any]], workloads: list[str], fmt: str = "simple") -> str:
-    rows = [[r["rank"], r["server"], f"{100 * r['score']:.0f}%", f"{r['wins']}/{r['cells']}"]
+    rows = [[f"{r['rank']}=" if r.get("tied") else r["rank"], r["server"],
+             f"{100 * r['score']:.0f}%", f"{r['wins']}/{r['cells']}"]
             + [f"{100 * r['per_workload'][w]:.0f}%" if w in r["per_workload"] else "-"
                for w in workloads] for r in rank]
     headers = ["#", "server", "score", "best in"] + workloads
@@ -446,13 +524,18 @@ def noise_warning(results: list[dict[str, Any]]) -> str:
             "rerun on a quiet machine before concluding")
 
 
-def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
+def console_report(results: list[dict[str, Any]], header_note: str = "",
+                   capacity: list[dict[str, Any]] | None = None) -> str:
     """Everything printed at the end of a run: per-workload tables, costs, ranking."""
     parts = []
     if header_note:
         parts.append(header_note)
     if noise_warning(results):
         parts.append(noise_warning(results))
+    for workload in _order(c["workload"] for c in capacity or []):
+        parts.append(f"== {capacity_heading(capacity or [], workload)} ==")
+        parts.append(capacity_table(capacity or [], workload))
+        parts.append("")
     for workload in workloads_of(results):
         parts.append(f"== {workload}: requests/s (median of repeats) ==")
         parts.append(throughput_table(results, workload))
@@ -467,25 +550,37 @@ def console_report(results: list[dict[str, Any]], header_note: str = "") -> str:
     rank = ranking(results)
     if rank:
         parts.append("")
-        parts.append("== ranking (mean share of the best req/s per cell; errors or failure = 0) ==")
+        parts.append("== ranking (mean share of the best req/s per cell; a tie with the best = "
+                     "100%, errors or failure = 0; '=': a shared rank, scores within noise) ==")
         parts.append(ranking_table(rank, workloads_of(results)))
-    failures = [r for r in results if r["status"] not in ("ok",) and r["reason"]]
-    if failures:
+    lines = not_clean(results)
+    if lines:
         parts.append("")
         parts.append("== not clean ==")
-        skipped: set[str] = set()
-        for r in failures:
-            if r["status"] in NOT_RUN:
-                key = f"{r['server']}: {r['reason'][:160]}"
-                if key not in skipped:  # one line per server and reason
-                    skipped.add(key)
-                    parts.append(f"  {r['server']}: " + (
-                        r["reason"][:160] if r["status"] == "n/a"
-                        else f"skipped: {r['reason'][:160]}"))
-                continue
-            parts.append(f"  {r['server']} {r['workload']} c={r['concurrency']}: "
-                         f"{r['status']}: {r['reason'][:160]}")
+        parts.extend("  " + line for line in lines)
     return "\n".join(parts)
+
+
+def not_clean(results: list[dict[str, Any]]) -> list[str]:
+    """One line per result that is not clean (one per server and reason for n/a and
+    skipped servers), and one per unstable cell."""
+    lines = []
+    skipped: set[str] = set()
+    for r in results:
+        if r["status"] in NOT_RUN and r["reason"]:
+            key = f"{r['server']}: {r['reason'][:160]}"
+            if key not in skipped:  # one line per server and reason
+                skipped.add(key)
+                lines.append(f"{r['server']}: " + (
+                    r["reason"][:160] if r["status"] == "n/a"
+                    else f"skipped: {r['reason'][:160]}"))
+        elif r["status"] != "ok" and r["reason"]:
+            lines.append(f"{r['server']} {r['workload']} c={r['concurrency']}: "
+                         f"{r['status']}: {r['reason'][:160]}")
+        if r.get("unstable"):
+            lines.append(f"{r['server']} {r['workload']} c={r['concurrency']}: "
+                         f"{r['unstable'][:160]} (kept after one rerun)")
+    return lines
 
 
 def hosts_lines(meta: dict[str, Any]) -> list[str]:
@@ -495,7 +590,8 @@ def hosts_lines(meta: dict[str, Any]) -> list[str]:
             for h in meta.get("hosts") or []]
 
 
-def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any],
+                     capacity: list[dict[str, Any]] | None = None) -> str:
     """summary.md: the tables as GitHub Markdown, ready to paste into a note."""
     settings = meta.get("settings", {})
     lines = ["# tcp-zoo benchmark", ""]
@@ -516,6 +612,9 @@ def summary_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str
         f"wall time {meta.get('wall_s', 0):.0f} s",
         "", MD_LEGEND, "",
     ]
+    for workload in _order(c["workload"] for c in capacity or []):
+        lines += [f"## {capacity_heading(capacity or [], workload)}", "",
+                  capacity_table(capacity or [], workload, "github"), ""]
     for workload in workloads_of(results):
         lines += [f"## {workload}", "", "### requests/s", "",
                   throughput_table(results, workload, "github"), "",
@@ -543,10 +642,15 @@ CSV_FIELDS = (
     "server_rss_bytes", "server_pss_bytes", "client_cpu_util", "client_bound",
     "foreign_cpu_util", "client_core_busy", "mb_per_s", "cpu_us_per_mb", "backend_wait_ms",
     "backend_wait_measured_ms", "littles_limit", "littles_share",
+    "requests_per_s_ci_low", "requests_per_s_ci_high", "ci_pct", "p99_ci_low", "p99_ci_high",
+    "ci_converged", "unstable", "capacity_rps", "capacity_low", "capacity_high",
+    "capacity_target", "capacity_lowest_us",
 )
 
 
-def write_csv(path: str, results: list[dict[str, Any]]) -> None:
+def write_csv(path: str, results: list[dict[str, Any]],
+              capacity: list[dict[str, Any]] | None = None) -> None:
+    caps = {(c["server"], c["workload"], c["concurrency"]): c for c in capacity or []}
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
@@ -554,7 +658,87 @@ def write_csv(path: str, results: list[dict[str, Any]]) -> None:
             row = dict(r)
             for key in LATENCY_KEYS:
                 row[f"{key}_us"] = r["latency_us"].get(key)
+            for key in ("requests_per_s", "p99"):
+                iv = (r.get("ci") or {}).get(key) or {}
+                row[f"{key}_ci_low"], row[f"{key}_ci_high"] = iv.get("low"), iv.get("high")
+            cap = caps.get((r["server"], r["workload"], r["concurrency"]))
+            if cap:
+                row.update(capacity_rps=cap["capacity_rps"], capacity_low=cap["bracket"][0],
+                           capacity_high=cap["bracket"][1],
+                           capacity_target=f"{cap['key']}<={cap['target_us']:g}us",
+                           capacity_lowest_us=cap.get("lowest"))
             writer.writerow(row)
+
+
+def capacity_table(capacity: list[dict[str, Any]], workload: str, fmt: str = "simple") -> str:
+    """Capacity at the latency target of every server for one workload, highest first."""
+    chosen = sorted((c for c in capacity if c["workload"] == workload),
+                    key=lambda c: -(c["capacity_rps"] or 0))
+    rows = []
+    for c in chosen:
+        low, high = c["bracket"]
+        key = c["key"]
+        at = next((p[key] for p in c["probes"] if p["rate"] == c["capacity_rps"]), None)
+        if c["feasible"]:
+            bracket = f"{fmt_rate(low)}..{fmt_rate(high) if high else '?'}"
+            verdict = "meets" + ("" if high else " at every rate tried")
+        else:
+            bracket = "-"
+            verdict = (f"infeasible: lowest {key} seen {fmt_us(c.get('lowest'))}"
+                       if c.get("lowest") is not None else f"infeasible: {c['reason'][:60]}")
+        share = (100 * c["capacity_rps"] / c["peak_rps"]
+                 if c["capacity_rps"] and c.get("peak_rps") else None)
+        rows.append([c["server"], fmt_rate(c["capacity_rps"]), bracket, fmt_us(at),
+                     fmt_rate(c.get("peak_rps")), fmt_num(share, 0),
+                     len(c["probes"]), verdict])
+    headers = ["server", "capacity req/s", "bracket", f"{chosen[0]['key'] if chosen else 'p99'}"
+               " at capacity", "closed-loop peak", "% of peak", "runs", "verdict"]
+    return tabulate(rows, headers=headers, tablefmt=fmt, stralign="right")
+
+
+def capacity_heading(capacity: list[dict[str, Any]], workload: str) -> str:
+    c = next(c for c in capacity if c["workload"] == workload)
+    return (f"{workload}: capacity at {c['key']} <= {fmt_us(c['target_us'])} (open loop, "
+            f"{c.get('arrivals', 'poisson')} arrivals, {c['concurrency']} connections; "
+            f"bracket then bisect to {100 * c.get('resolution_asked', 0.1):.0f}%)")
+
+
+def plot_capacity(capacity: list[dict[str, Any]], out_dir: str, note: str = "") -> list[str]:
+    """Latency against offered load, every server on one figure per workload, with the
+    target drawn: the hockey-stick curves of the capacity search."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for workload in _order(c["workload"] for c in capacity):
+        chosen = [c for c in capacity if c["workload"] == workload]
+        key, target = chosen[0]["key"], chosen[0]["target_us"]
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        colors = plt.get_cmap("tab20").colors
+        for i, c in enumerate(chosen):
+            points = sorted((p["rate"], p[key]) for p in c["probes"]
+                            if p["rate"] is not None and p[key])
+            if points:
+                ax.plot([p[0] for p in points], [p[1] / 1000 for p in points],
+                        label=c["server"], color=colors[i % len(colors)],
+                        marker="osD^"[i // len(colors) % 4])
+        ax.axhline(target / 1000, color="red", linestyle="--",
+                   label=f"target {key} {fmt_us(target)}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load (requests/s, open loop)")
+        ax.set_ylabel(f"{key} latency (ms, from each request's due time)")
+        ax.set_title(f"{workload}: {key} against offered load" + (f"\n{note}" if note else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        name = f"capacity_{workload}.png"
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=100)
+        plt.close(fig)
+        written.append(name)
+    return written
 
 
 def plot(results: list[dict[str, Any]], out_dir: str, note: str = "") -> list[str]:
@@ -624,24 +808,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_outputs(out_dir: str, runs: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
-    """Write results.json, results.csv, summary.md and the plots; return the file names."""
+def write_outputs(out_dir: str, runs: list[dict[str, Any]], meta: dict[str, Any],
+                  capacity: list[dict[str, Any]] | None = None) -> list[str]:
+    """Write results.json, results.csv, summary.md, the plots and index.html (the
+    browsable report, bench.html_report); return the file names. ``capacity``: the
+    searches of ``--slo`` (bench.capacity)."""
     os.makedirs(out_dir, exist_ok=True)
-    results = aggregate(runs)
+    results = aggregate(runs, (meta.get("settings") or {}).get("ci"))
     try:
         plots = plot(results, out_dir, meta.get("header_note", ""))
+        if capacity:
+            plots += plot_capacity(capacity, out_dir, meta.get("header_note", ""))
     except Exception as exc:  # plotting must never lose the measurements
         plots = []
         meta["plot_error"] = repr(exc)
     meta["plots"] = plots
     document = {"format": "tcp-zoo-bench/1", "meta": meta, "runs": results,
                 "ranking": ranking(results)}
+    if capacity is not None:
+        document["capacity"] = capacity
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(_jsonable(document), f, indent=1)
-    write_csv(os.path.join(out_dir, "results.csv"), results)
+    write_csv(os.path.join(out_dir, "results.csv"), results, capacity)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(summary_markdown(results, meta))
-    return ["results.json", "results.csv", "summary.md", *plots]
+        f.write(summary_markdown(results, meta, capacity))
+    from bench import html_report
+
+    with open(os.path.join(out_dir, "index.html"), "w") as f:
+        f.write(html_report.render(results, meta, out_dir, capacity))
+    return ["results.json", "results.csv", "summary.md", "index.html", *plots]
 
 
 def load_results(path: str) -> dict[str, Any]:

@@ -7,46 +7,29 @@ Skips with the reason where no browser can run (package missing).
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests.browser import headless_chromium, why_no_browser
 from tests.private_redis import private_redis
 from tests.servers import running_server
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
-if not CHROMIUM or not CHROMEDRIVER:
-    pytest.skip("no headless browser here: apt-get install chromium chromium-driver "
-                "(./zoo setup does)", allow_module_level=True)
+if why_no_browser():
+    pytest.skip(why_no_browser(), allow_module_level=True)
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
-    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium fetch a driver
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-extensions", "--window-size=1000,800"):
-        options.add_argument(arg)
-    if os.geteuid() == 0:
-        options.add_argument("--no-sandbox")  # Chromium refuses to run as root otherwise
-    driver = webdriver.Chrome(options=options,
-                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
+def browser() -> Iterator[Any]:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
-def test_chromium_signs_the_guestbook(browser: webdriver.Chrome) -> None:
+def test_chromium_signs_the_guestbook(browser: Any) -> None:
     with private_redis() as instance, \
             running_server("threaded", "http", "--redis", str(instance.addr)) as srv:
         url = f"http://127.0.0.1:{srv.port}/guestbook"

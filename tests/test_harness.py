@@ -138,7 +138,7 @@ def test_aggregate_median_spread_best_and_ranking() -> None:
     results = report.aggregate(runs)
     a = next(r for r in results if r["server"] == "a")
     assert a["requests_per_s"] == 1000 and a["spread_pct"] == 10.0
-    assert report.best_by_column(results, "echo") == {10: "b"}
+    assert report.best_by_column(results, "echo") == {10: {"b"}}
     assert [r["server"] for r in report.ranking(results)] == ["b", "a", "c"]
     table = report.throughput_table(results, "echo")
     assert "*1.60k" in table and "5.00k" in table and "!" in table
