@@ -28,6 +28,9 @@ from tests.servers import RunningServer, ids, running_server, user_space_entries
 
 ENTRIES = [e for e in user_space_entries() if "http" in e.protocols]
 CAMPAIGN = int(os.environ.get("ZOO_FUZZ_CASES", "0"))
+# A campaign outlasts the suite's per-test timeout: allow 0.1 s a stream (about 20 ms
+# measured) on top of it.
+pytestmark = pytest.mark.timeout(120 + CAMPAIGN // 10)
 # The default run stays well under a minute on 2 cores (about 30 s measured): most
 # cases where the parser is the server's own.
 DEFAULT_CASES = {"python": 40, "native": 600}

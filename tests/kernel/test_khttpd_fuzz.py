@@ -22,6 +22,8 @@ from tests.http_grammar import streams
 from tests.kernel import helpers
 
 CASES = int(os.environ.get("ZOO_FUZZ_CASES", "0")) or 300
+# A campaign outlasts the suite's per-test timeout: allow 0.1 s a stream on top of it.
+pytestmark = pytest.mark.timeout(120 + CASES // 10)
 
 
 @pytest.fixture
