@@ -9,19 +9,12 @@ Harness side:
   machine (``--net veth``), :class:`LocalHost` here.
 * :class:`Placement` is what the runner asks when the server or the load is
   elsewhere (``Settings.remote``): it starts the server on the server host through
-  ``python -m bench.remote serve`` (:class:`RemoteServer`), splits the connections
-  and the open-loop rate between the client hosts, starts one load generator on each
-  with ``--start-at`` the same CLOCK_REALTIME instant (real hosts: their clocks are
-  assumed NTP-synchronised, a few ms apart at most), measures the server with
-  :mod:`bench.remote_metrics` where it runs, and merges the load generators'
-  histograms exactly (:func:`bench.loadgen.merge`).
-
-Server host side, ``python -m bench.remote serve SPEC``: a small wrapper that starts
-the server with the runner's own :func:`bench.runner.start_server`, reports its
-``listening on HOST:PORT`` line and pid as a JSON line, and stops it (SIGTERM, the
-runner's checks) when the harness writes ``stop``. When its standard input ends
-without ``stop`` (the SSH session was lost, the harness died) or it gets SIGHUP or
-SIGTERM, it stops the server all the same: nothing is left running.
+  :mod:`bench.remote_server` (a wrapper that also stops it when the session is lost),
+  splits the connections and the open-loop rate between the client hosts, starts one
+  load generator on each with ``--start-at`` the same CLOCK_REALTIME instant (real
+  hosts: their clocks are assumed NTP-synchronised, a few ms apart at most), measures
+  the server with :mod:`bench.remote_metrics` where it runs, and merges the load
+  generators' histograms exactly (:func:`bench.loadgen.merge`).
 
 ``python -m bench.remote setup [--ssh-option O] [--remote-dir D] ssh://HOST...``
 copies this checkout (tracked and untracked, not ignored, files: ``git ls-files``,
@@ -37,23 +30,19 @@ import contextlib
 import dataclasses
 import json
 import os
-import queue
 import re
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import loadgen, runner
+from bench import loadgen, remote_server, runner
 from bench.remote_metrics import from_json, window_at
 
-SSH_EXTRA_S = 15.0  # on top of the server's readiness timeout: ssh log-in and Python start
-STOP_EXTRA_S = 10.0  # on top of the stop grace: the wrapper's answer over ssh
 START_MARGIN_MIN_S = 0.3
 URL_RE = re.compile(r"^ssh://(?:(?P<user>[^@/:\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@/:\[\]\s]+)"
                     r"(?::(?P<port>[0-9]{1,5}))?/?$")
@@ -230,166 +219,6 @@ def probe(host: Host, timeout: float = 60.0) -> tuple[dict[str, Any], float]:
         raise RemoteError(f"{host.label}: info printed no JSON: {out[-200:]!r}") from None
 
 
-# ---------------------------------------------------------------- the server, remotely
-
-class RemoteServer:
-    """A server started on another host by the ``serve`` wrapper over one channel
-    (ssh or ip netns exec); what the runner needs of :class:`bench.runner.Server`."""
-
-    def __init__(self, host: Host, proc: subprocess.Popen[str], stderr_path: str) -> None:
-        self.where = host
-        self.proc = proc
-        self.stderr_path = stderr_path
-        self.host = ""
-        self.port = 0
-        self.pid = 0
-        self.net_ns: str | None = None  # the server process's network namespace
-        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._exit_code: int | None = None
-        self._stopped: str | None = None
-        self._reader = threading.Thread(target=self._read, name="remote-server", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "exited":
-                self._exit_code = int(event["code"])
-            self._events.put(event)
-        self._events.put(None)  # the channel closed
-
-    def next_event(self, timeout: float) -> dict[str, Any] | None:
-        """The wrapper's next event; None when the channel closed or time ran out."""
-        try:
-            return self._events.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return None
-
-    def stderr_tail(self, lines: int = 3) -> str:
-        try:
-            with open(self.stderr_path, "rb") as f:
-                text = f.read()[-4000:].decode(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self._exit_code is None and self.proc.poll() is None
-
-    def exit_code(self) -> int | None:
-        return self._exit_code
-
-    def stop(self, grace: float = runner.STOP_GRACE) -> str:
-        """SIGTERM through the channel; the wrapper's outcome (as the runner words it)."""
-        outcome = None
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("stop\n")
-            self.proc.stdin.flush()
-            deadline = time.monotonic() + grace + STOP_EXTRA_S
-            while outcome is None:
-                event = self.next_event(deadline - time.monotonic())
-                if event is None:
-                    break
-                if event.get("event") == "stopped":
-                    outcome = str(event["outcome"])
-        except (OSError, ValueError):
-            pass
-        with contextlib.suppress(OSError, ValueError):
-            if self.proc.stdin:
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(STOP_EXTRA_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # the channel closes: the wrapper stops the server
-            self.proc.wait()
-        if outcome is None:
-            tail = self.stderr_tail(1)
-            outcome = f"stop not confirmed by {self.where.label}" + (f": {tail}" if tail else "")
-        with contextlib.suppress(OSError):
-            os.unlink(self.stderr_path)
-        return outcome
-
-
-def start_remote_server(host: Host, spec: dict[str, Any], ready_timeout: float) -> RemoteServer:
-    """Start the ``serve`` wrapper on ``host`` and wait for the server's readiness;
-    :class:`bench.runner.StartFailure` otherwise."""
-    err_fd, err_path = tempfile.mkstemp(prefix="bench-remote-", suffix=".err")
-    try:
-        proc = subprocess.Popen(
-            host.argv([host.python, "-m", "bench.remote", "serve", json.dumps(spec)]),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_fd, text=True,
-            cwd=runner.REPO, start_new_session=True)
-    finally:
-        os.close(err_fd)
-    server = RemoteServer(host, proc, err_path)
-    event = server.next_event(ready_timeout + SSH_EXTRA_S)
-    if event and event.get("event") == "ready":
-        server.host, server.port, server.pid = event["host"], int(event["port"]), event["pid"]
-        server.net_ns = event.get("net_ns")
-        return server
-    outcome = server.stop(grace=0.5)
-    if event and event.get("event") == "failed":
-        raise runner.StartFailure(event["reason"], skipped=bool(event["skipped"]))
-    tail = server.stderr_tail(2) or outcome
-    raise runner.StartFailure(f"{host.label}: the server wrapper did not report: {tail}")
-
-
-def serve(spec: dict[str, Any]) -> int:
-    """The server host's side (see the module doc). Events are JSON lines on stdout."""
-    fields = {f.name for f in dataclasses.fields(runner.Target)}
-    target = runner.Target(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in spec["target"].items() if k in fields})
-    settings = runner.Settings(workers=spec.get("workers"),
-                               server_args=tuple(spec.get("server_args", ())))
-    extra = list(spec.get("extra", ()))
-    stop = threading.Event()
-
-    def emit(**event: Any) -> None:
-        with contextlib.suppress(OSError, ValueError):  # the harness may be gone
-            print(json.dumps(event), flush=True)
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            if line.strip() == "stop":
-                break
-        stop.set()  # "stop", or the end of input: the session is gone
-
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    with tempfile.TemporaryDirectory(prefix="tcpzoo-remote-files-") as root:
-        if "--root" in extra:  # the file workload: this host's own copy of the files
-            from bench import files
-
-            files.make_root(root, (int(spec["file_size"]),))
-            extra[extra.index("--root") + 1] = root
-        try:
-            server = runner.start_server(target, spec["protocol"], settings, spec.get("cpus"),
-                                         ready_timeout=spec["ready_timeout"], extra=extra)
-        except runner.StartFailure as exc:
-            emit(event="failed", reason=exc.reason, skipped=exc.skipped)
-            return 0
-        try:
-            net_ns = os.readlink(f"/proc/{server.proc.pid}/ns/net")
-        except OSError:
-            net_ns = None
-        emit(event="ready", host=server.host, port=server.port, pid=server.proc.pid,
-             net_ns=net_ns, line=f"listening on {server.host}:{server.port}")
-        threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
-        reported = False
-        while not stop.wait(0.05):
-            code = server.proc.poll()
-            if code is not None and not reported:
-                emit(event="exited", code=code)
-                reported = True
-        emit(event="stopped", outcome=server.stop(grace=spec.get("grace", runner.STOP_GRACE)))
-    return 0
-
-
 # ---------------------------------------------------------------- the placement
 
 def shares(total: int, parts: int) -> list[int]:
@@ -428,7 +257,7 @@ class Placement:
                 "workers": settings.workers, "server_args": list(settings.server_args),
                 "cpus": cpus, "ready_timeout": ready_timeout, "extra": extra,
                 "file_size": settings.file_size}
-        return start_remote_server(self.server, spec, ready_timeout)
+        return remote_server.start(self.server, spec, ready_timeout)
 
     def load_and_measure(self, server: Any, target: runner.Target, workload: str,
                          concurrency: int, settings: runner.Settings,
@@ -465,7 +294,7 @@ class Placement:
                     host.argv(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True, cwd=runner.REPO,
                     start_new_session=True))
-            if isinstance(server, RemoteServer):
+            if isinstance(server, remote_server.RemoteServer):
                 command = [self.server.python, "-m", "bench.remote_metrics", "--pid",
                            str(server.pid), "--opens-at", f"{opens_at:.6f}",
                            "--span", f"{span:g}"] + (["--perf"] if use_perf else [])
@@ -633,7 +462,7 @@ def setup(hosts: list[SshHost], run_zoo: bool = True) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.remote setup|serve|info``."""
+    """``python -m bench.remote setup|info``."""
     parser = argparse.ArgumentParser(prog="python -m bench.remote",
                                      description="Hosts for python -m bench --server-host / "
                                                  "--client-hosts.")
@@ -645,15 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--remote-dir", default=runner.REPO,
                     help="where the checkout goes on the hosts (default: the same path)")
     up.add_argument("--no-zoo", action="store_true", help="copy only")
-    serve_parser = sub.add_parser("serve", help="(run by the harness over ssh)")
-    serve_parser.add_argument("spec")
     sub.add_parser("info", help="this host's kernel, CPU and network namespace as JSON")
     options = parser.parse_args(argv)
     if options.command == "info":
         print(json.dumps(host_info()))
         return 0
-    if options.command == "serve":
-        return serve(json.loads(options.spec))
     try:
         hosts = [SshHost(parse_url(h), options.ssh_option, options.remote_dir)
                  for h in options.hosts]
