@@ -39,7 +39,7 @@ import sys
 import tempfile
 from typing import Any
 
-from bench import files, metrics, netns, progress, redis, remote, report, runner
+from bench import capacity, files, metrics, netns, progress, redis, remote, report, runner, stats
 from servers.argtypes import (
     non_negative_float,
     non_negative_int,
@@ -53,6 +53,11 @@ DEFAULTS = {"workloads": "echo,http,file,guestbook", "concurrency": "10,100,1000
             "duration": 0.5, "warmup": 0.1, "repeat": 2}
 QUICK = {"workloads": "echo,http,file,guestbook", "concurrency": "100", "duration": 0.4,
          "warmup": 0.1, "repeat": 1}
+# --slo: one closed-loop run and at most --slo-steps (6) open-loop runs per server, each
+# warm-up + duration + ~0.5 s: 16 servers x 7 x 1.7 s = ~3.2 minutes for one workload
+# (--quick: 7 x 1 s = ~2 minutes), inside the 10 minutes a whole-zoo run may take.
+SLO = {"concurrency": "100", "duration": 1.0, "warmup": 0.2, "repeat": 1}
+SLO_QUICK = {"concurrency": "100", "duration": 0.4, "warmup": 0.1, "repeat": 1}
 ECHO_SIZE = 64
 FILE_SIZE = 65536
 DEFAULT_WAITS = "10"
@@ -65,8 +70,12 @@ VM_NOTE = ("figures from an emulated QEMU guest (TCG): compare them only with ea
 # In the guest (--vm), unless flags say otherwise: the kernel servers against c-epoll, and
 # echo-connect, where a kthread per connection pays for its creation and CMWQ does not.
 VM_SERVERS = "kecho,kecho-kthread,khttpd,c-epoll"
-VM_DEFAULTS = {"workloads": "echo,echo-connect,http", "concurrency": "8,100,1000"}
-VM_QUICK = {"workloads": "echo,echo-connect,http"}
+# TCG runs everything ~10x slower: longer windows, and a per-request timeout that 1,000
+# connections being set up at once do not run into.
+VM_DEFAULTS = {"workloads": "echo,echo-connect,http", "concurrency": "8,100,1000",
+               "duration": 2.0, "warmup": 0.5}
+VM_QUICK = {"workloads": "echo,echo-connect,http", "duration": 1.0, "warmup": 0.3}
+VM_TIMEOUT = 10.0
 VM_CPU_NOTE = ("CPU per request: every vCPU's /proc/stat (user, system, irq, softirq) over "
                "the window, less the load generator's and the harness's own CPU")
 
@@ -110,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra silent connections held open during each run")
     parser.add_argument("--rate", type=positive_float, default=None,
                         help="open loop at this total requests/s (default: closed loop)")
+    parser.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson",
+                        help="open loop (--rate, --slo): exponential gaps between a "
+                             "connection's requests (poisson, the default) or a fixed period")
+    parser.add_argument("--seed", type=non_negative_int, default=1,
+                        help="open loop, poisson: the arrival generator's seed (default 1)")
+    parser.add_argument("--slo", default=None, metavar="PCT=TIME",
+                        help="capacity at a latency target, e.g. p99=2ms (p50/p90/p99/p999; "
+                             "us, ms or s): the highest open-loop rate each server sustains "
+                             f"within it; --concurrency default {SLO['concurrency']}, "
+                             f"--duration {SLO['duration']}, --quick "
+                             f"{SLO_QUICK['duration']}")
+    parser.add_argument("--slo-steps", type=positive_int, default=capacity.DEFAULT_STEPS,
+                        help="--slo: open-loop runs per server at most (default "
+                             f"{capacity.DEFAULT_STEPS}; plus one closed-loop run)")
+    parser.add_argument("--ci", default=None, metavar="PCT",
+                        help="add interleaved repeats until every cell's 95%% interval is "
+                             "within ±PCT (e.g. 5%%) or --max-repeats is reached")
+    parser.add_argument("--max-repeats", type=positive_int, default=stats.DEFAULT_MAX_REPEATS,
+                        help="--ci: the most repeats of a cell (default "
+                             f"{stats.DEFAULT_MAX_REPEATS})")
     parser.add_argument("--size", type=positive_int, default=None,
                         help=f"echo payload bytes (default {ECHO_SIZE}); file workload: the "
                              f"file's size (default {FILE_SIZE})")
@@ -129,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="depth for the http-pipeline workload")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="pass --workers N to every server")
-    parser.add_argument("--timeout", type=positive_float, default=2.0,
-                        help="per-request timeout of the load generator, s (default 2)")
+    parser.add_argument("--timeout", type=positive_float, default=None,
+                        help=f"per-request timeout of the load generator, s (default 2; "
+                             f"{VM_TIMEOUT:g} with --vm)")
     parser.add_argument("--out", default=None, help="output directory (default results/<time>/)")
     parser.add_argument("--quick", action="store_true", help="a short run (under 90 s)")
     parser.add_argument("--no-perf", action="store_true", help="do not count system calls")
@@ -221,6 +251,28 @@ def resolve_options(options: argparse.Namespace) -> dict[str, Any]:
             labels += [runner.label_for(workload, w) for w in dict.fromkeys(waits)]
         else:
             labels.append(workload)
+    slo, ci = None, None
+    if options.slo is not None:
+        try:
+            slo = capacity.parse_slo(options.slo)
+        except ValueError as exc:
+            raise UsageError(f"--slo: {exc}") from None
+        if options.ci or options.rate:
+            raise UsageError("--slo chooses the rates itself and repeats nothing: not with "
+                             "--rate or --ci")
+        base = {**base, **(SLO_QUICK if options.quick else SLO)}
+        if not options.concurrency:
+            concurrency = [int(c) for c in _csv_list(base["concurrency"])]
+    if options.ci is not None:
+        try:
+            ci = float(options.ci.strip().removesuffix("%"))
+        except ValueError:
+            raise UsageError(f"--ci: expected a percentage such as 5%, got {options.ci!r}") \
+                from None
+        if not 0 < ci < 100:
+            raise UsageError(f"--ci: expected a percentage in (0, 100), got {options.ci!r}")
+        if options.max_repeats < 2:
+            raise UsageError("--max-repeats: an interval needs at least 2 repeats")
     return {
         "workloads": labels,
         "backend_waits": list(dict.fromkeys(waits)),
@@ -228,6 +280,9 @@ def resolve_options(options: argparse.Namespace) -> dict[str, Any]:
         "duration": options.duration or base["duration"],
         "warmup": base["warmup"] if options.warmup is None else options.warmup,
         "repeat": options.repeat or base["repeat"],
+        "ci": ci, "max_repeats": options.max_repeats if ci else None,
+        "slo": slo, "slo_steps": options.slo_steps if slo else None,
+        "arrivals": options.arrivals, "seed": options.seed,
     }
 
 
@@ -365,15 +420,18 @@ def run(argv: list[str] | None = None) -> int:
     settings = runner.Settings(
         duration=resolved["duration"], warmup=resolved["warmup"], idle=options.idle,
         rate=options.rate, size=options.size or ECHO_SIZE, pipeline=options.pipeline,
-        workers=options.workers, timeout=options.timeout,
+        workers=options.workers,
+        timeout=options.timeout or (VM_TIMEOUT if options.vm or options.in_vm else 2.0),
         file_size=options.size or FILE_SIZE, post_every=options.post_every,
-        sendfile=options.sendfile, guest_cpu=options.in_vm,
+        sendfile=options.sendfile, guest_cpu=options.in_vm, arrivals=options.arrivals,
+        seed=options.seed,
         # an emulated guest starts Python in seconds, not milliseconds
         ready_timeout=120.0 if options.in_vm else 10.0, slack=120.0 if options.in_vm else 15.0,
     )
     order = plan(targets, resolved["workloads"], resolved["concurrency"], resolved["repeat"])
     estimate = sum(estimate_run_s(settings, conc) for _, label, conc, target in order
                    if not runner.why_not_app(target, label, options.sendfile))  # n/a: free
+    estimate *= 1 + (resolved["slo_steps"] or 0)  # --slo: a search per cell
     if options.vm:
         return run_vm(argv, options, estimate)
     if not order:
@@ -498,19 +556,70 @@ def _run_plan(argv: list[str], options: argparse.Namespace, targets: list[runner
         "estimate_s": estimate, "in_vm": options.in_vm,
         "net": options.net, "hosts": settings.remote.hosts if settings.remote else [],
     }
-    runs = execute(order, settings, (server_cpus, client_cpus), use_perf,
-                   progress.Progress(len(order), estimate / max(len(order), 1),
-                                     enabled=not options.quiet, lines=options.in_vm))
+    runs_planned = len(order) * (1 + (resolved["slo_steps"] or 0))  # --slo: a search each
+    bar = progress.Progress(runs_planned, estimate / max(runs_planned, 1),
+                            enabled=not options.quiet, lines=options.in_vm)
+    searches = None
+    if resolved["slo"]:
+        key, target_us = resolved["slo"]
+        runs, searches = capacity.run_searches(
+            order, settings, (server_cpus, client_cpus), use_perf, bar, key, target_us,
+            resolved["slo_steps"])
+        complete = len(runs) == len(order)
+    elif resolved["ci"]:
+        runs, complete = execute_to_ci(order, settings, (server_cpus, client_cpus), use_perf,
+                                       bar, resolved["ci"], resolved["max_repeats"])
+    else:
+        runs = execute(order, settings, (server_cpus, client_cpus), use_perf, bar)
+        complete = len(runs) == len(order)
     meta["finished"] = dt.datetime.now(dt.UTC).isoformat()
-    meta["wall_s"] = sum(r["wall_s"] for r in runs)
-    meta["complete"] = len(runs) == len(order)
-    files = report.write_outputs(out_dir, runs, meta)
-    print(report.console_report(report.aggregate(runs), note))
+    meta["wall_s"] = (sum(r["wall_s"] for r in runs)
+                      + sum(c["wall_s"] for c in searches or []))
+    meta["complete"] = complete
+    files = report.write_outputs(out_dir, runs, meta, searches)
+    print(report.console_report(report.aggregate(runs, resolved["ci"]), note, searches))
     if options.profile and meta["complete"]:
         files += _profiles(order, runs, settings, (server_cpus, client_cpus), out_dir)
     print(f"\nbench: {len(runs)} runs in {progress.fmt_duration(meta['wall_s'])}; wrote "
           f"{', '.join(files)} to {out_dir}", file=sys.stderr)
     return 0 if meta["complete"] else 130
+
+
+def execute_to_ci(order: list[tuple[int, str, int, runner.Target]], settings: runner.Settings,
+                  cpus: tuple[list[int], list[int]], use_perf: bool, bar: progress.Progress,
+                  target_pct: float, max_repeats: int) -> tuple[list[dict[str, Any]], bool]:
+    """--ci: the plan, then further rounds of only the cells whose requests/s interval is
+    wider than ±``target_pct`` %, each round interleaved like the first, until every cell
+    is within it or has ``max_repeats`` repeats. Returns (runs, finished)."""
+    runs = execute(order, settings, cpus, use_perf, bar)
+    if len(runs) < len(order):
+        return runs, False
+    cells = list(dict.fromkeys((w, c, t) for _, w, c, t in order))
+    rounds = 1 + max(rep for rep, *_ in order)
+    while True:
+        values: dict[tuple[str, str, int], list[float]] = {}
+        for r in runs:
+            if r["status"] in ("ok", "unclean-exit") and r["requests_per_s"] is not None:
+                values.setdefault((r["server"], r["workload"], r["concurrency"]), []).append(
+                    r["requests_per_s"])
+        counts: dict[tuple[str, str, int], int] = {}
+        for r in runs:
+            key = (r["server"], r["workload"], r["concurrency"])
+            counts[key] = counts.get(key, 0) + 1
+        # cells that measure nothing (n/a, skipped, failing) get no more repeats
+        more = [(rounds, w, c, t) for w, c, t in cells
+                if (t.name, w, c) in values and counts[(t.name, w, c)] < max_repeats
+                and stats.needs_more(values[(t.name, w, c)], target_pct,
+                                     max_repeats=max_repeats)]
+        if not more:
+            return runs, True
+        bar.total += len(more)
+        bar.note(f"bench: --ci {target_pct:g}%: round {rounds + 1} for {len(more)} cells")
+        added = execute(more, settings, cpus, use_perf, bar)
+        runs += added
+        if len(added) < len(more):
+            return runs, False
+        rounds += 1
 
 
 def _profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[dict[str, Any]],
@@ -531,8 +640,14 @@ def _profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[dict[
 
 def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.Settings,
             cpus: tuple[list[int], list[int]], use_perf: bool,
-            bar: progress.Progress) -> list[dict[str, Any]]:
-    """Run the plan; a skipped server is not retried, nor one that failed to start twice."""
+            bar: progress.Progress, reruns: int | None = None) -> list[dict[str, Any]]:
+    """Run the plan; a skipped server is not retried, nor one that failed to start twice.
+
+    A run whose halves disagree, or whose server core was busy with other processes
+    (``unstable``, bench.stats), is measured once more and the second run kept; at most
+    ``reruns`` times (default a quarter of the plan, so a busy machine cannot double the
+    run's length)."""
+    left = len(order) // 4 if reruns is None else reruns
     runs: list[dict[str, Any]] = []
     gave_up: dict[str, tuple[str, str]] = {}
     start_failures: dict[str, int] = {}
@@ -548,6 +663,13 @@ def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.S
                 continue
             bar.start(label)
             record = runner.measure(target, workload, conc, settings, rep, cpus, use_perf)
+            if record["unstable"] and left > 0:
+                left -= 1
+                bar.note(f"bench: {label}: {record['unstable']}; measured once more")
+                first = record
+                record = runner.measure(target, workload, conc, settings, rep, cpus, use_perf)
+                record.update(rerun_because=first["unstable"],
+                              wall_s=record["wall_s"] + first["wall_s"])
             runs.append(record)
             bar.finish(record["wall_s"])
             if record["status"] == "skipped":
