@@ -13,6 +13,16 @@ class EchoSession(Session):
     A half-close still gets everything received echoed, then the connection closes.
     """
 
+    def received(self, data: bytes | memoryview, now: float) -> None:
+        """As :meth:`Session.received`, without its general path: echo never holds input
+        and never waits for a backend, so what was read goes straight to the output."""
+        self._last_activity = now
+        if self._closing or not data:
+            return
+        echoed = bytes(data)
+        self._out.append(echoed)
+        self._unsent += len(echoed)
+
     def _feed(self, data: memoryview, now: float) -> int:
         self._emit(bytes(data))
         return len(data)

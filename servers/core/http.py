@@ -56,23 +56,25 @@ class HttpApp:
         self.guestbook = (Guestbook(settings.backend_wait_ms)
                           if settings.redis is not None else None)
         self.dates = wire.DateCache()
-        self._page_heads: dict[tuple[str, int], bytes] = {}
+        self._pages: dict[tuple[str, int], tuple[bytes, bytes]] = {}
 
     def new_session(self, now: float) -> HttpSession:
         return HttpSession(self, now)
 
-    def page_head(self, connection: int) -> bytes:
+    def page(self, connection: int) -> tuple[bytes, bytes]:
+        """The benchmark page's head, and its head and body as one write, composed once
+        per second and connection kind (the Date changes each second)."""
         date = self.dates.now()
         key = (date, connection)
-        head = self._page_heads.get(key)
-        if head is None:
-            if len(self._page_heads) > 16:
-                self._page_heads.clear()
+        page = self._pages.get(key)
+        if page is None:
+            if len(self._pages) > 16:
+                self._pages.clear()
             head = wire.compose_head(
                 200, date, wire.PAGE_CONTENT_TYPE, len(wire.PAGE_BODY), connection
             )
-            self._page_heads[key] = head
-        return head
+            page = self._pages[key] = (head, head + wire.PAGE_BODY)
+        return page
 
 
 class _Abort(Exception):
@@ -109,8 +111,12 @@ class HttpSession(Session):
         self._now = now
         total = len(data)
         raw = data.tobytes()
+        end = raw.find(_HEAD_END)
+        if self._body_left == 0 and (end < 0 or end + len(_HEAD_END) == total):
+            self._feed_piece(data)  # the common case: one request, or part of one
+            return total
         end = self._end_of_piece(raw, 0)
-        if end == total:  # the common case: one request, or part of one
+        if end == total:
             self._feed_piece(data)
             return total
         pos = 0
@@ -304,16 +310,16 @@ class HttpSession(Session):
             return
         head_only = method == b"HEAD"
         try:
-            path = httptools.parse_url(url).path or b"/"
+            # "/" (every benchmark request) is its own path; others are split by httptools
+            path = url if url == b"/" else httptools.parse_url(url).path or b"/"
         except httptools.HttpParserInvalidURLError:
             self._fail(400)
             self._abort(0)
             return
         if app.files is None:
             if path == b"/":
-                self._emit(app.page_head(connection))
-                if not head_only:
-                    self._emit(wire.PAGE_BODY)
+                head, whole = app.page(connection)
+                self._emit(head if head_only else whole)
             else:
                 date = app.dates.now()
                 self._emit(wire.error_response(404, date, connection, head_only=head_only))

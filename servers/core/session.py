@@ -145,6 +145,7 @@ class Session(ABC):
         self._held = bytearray()  # read but not parsed: the output was over the mark
         self._eof = False
         self._last_activity = now
+        self._mark = settings.write_high_water
 
     @abstractmethod
     def _feed(self, data: memoryview, now: float) -> int:
@@ -174,6 +175,11 @@ class Session(ABC):
         if self._held or self._order:
             self._held += data
             self.resume(now)
+            return
+        if type(data) is memoryview:  # the driver's view: it releases it
+            used = self._feed(data, now)
+            if used < len(data) and not self._closing:
+                self._held = bytearray(data[used:])
             return
         with memoryview(data) as view:
             used = self._feed(view, now)
@@ -276,7 +282,7 @@ class Session(ABC):
 
     @property
     def over_mark(self) -> bool:
-        return self._unsent > self.settings.write_high_water
+        return self._unsent > self._mark
 
     @property
     def paused(self) -> bool:
@@ -286,7 +292,7 @@ class Session(ABC):
     @property
     def wants_input(self) -> bool:
         """Whether the driver should read: not closing, nothing held, output under the mark."""
-        return not self._closing and not self._held and not self.blocked
+        return not (self._closing or self._held or self._order or self._unsent > self._mark)
 
     def deadline(self) -> float:
         """The monotonic time after which :meth:`expired` is true unless activity happens.
@@ -301,7 +307,7 @@ class Session(ABC):
 
     def _emit(self, data: Write) -> None:
         (self._order if self._order else self._out).append(data)
-        self._unsent += write_size(data)
+        self._unsent += len(data) if type(data) is bytes else write_size(data)
 
     def _output_mark(self) -> tuple[int, int]:
         """Where the output ends now, for :meth:`_drop_output_since`."""
