@@ -1,9 +1,13 @@
 """trio: a task per connection under structured concurrency.
 
 An accept loop on the socket the launcher opened starts a task per connection
-in a nursery this module owns. Timeouts are cancel scopes:
-each receive runs under a deadline taken from the session (idle or header
-timeout), each send must progress within the idle timeout. Shutdown is
+in a nursery this module owns. Timeouts are one cancel scope per connection
+whose deadline is moved before each operation (entering a scope per receive and
+per send cost more than the echo itself): each receive runs under a deadline
+taken from the session (idle or header timeout), each send must progress within
+the idle timeout. A scope that fires is done with; the task judges why (a send
+too slow, an expired session, a stop) and, if the connection goes on, goes on
+under a new scope. Shutdown is
 structured too: when the stop descriptor becomes readable the accept loop is
 cancelled, every idle receive is cancelled so its task flushes and closes, and
 the connections' nursery gets a deadline of the grace, after which whatever
@@ -31,6 +35,7 @@ which writes the stop pipe.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import socket
 import time
@@ -64,46 +69,66 @@ class _Connection:
         self.session = session
         self.settings = settings
         self.backend = backend
-        self.receiving: trio.CancelScope | None = None
+        self.scope: trio.CancelScope | None = None  # the current operation's deadline
+        self.receiving = False  # the task waits in a receive (a stop may cancel it)
         self.stopping = False
+        self.eof = False
 
     def stop(self) -> None:
         """Graceful stop: an idle receive is cancelled; a response in flight completes."""
         self.stopping = True
-        if self.receiving is not None:
-            self.receiving.cancel()
+        if self.receiving and self.scope is not None:
+            self.scope.cancel()
 
     async def run(self) -> None:
+        """Serve until done; each time the scope fires, decide whether to go on."""
+        while True:
+            scope = trio.CancelScope()
+            self.scope = scope
+            with scope:
+                if await self._serve(scope):
+                    return
+            if scope.cancelled_caught and not self.receiving:
+                raise trio.TooSlowError  # a send made no progress within the idle timeout
+            self.receiving = False
+            if self.stopping:
+                self.session.closing = True  # send what is left, then close
+            elif self.session.expired(time.monotonic()):
+                return
+
+    async def _serve(self, scope: trio.CancelScope) -> bool:
+        """The connection's loop under ``scope``: True when the connection is done; False
+        when the scope was cancelled just as a receive returned (it is spent: the data
+        is taken, and the loop goes on under a new scope)."""
         session, stream = self.session, self.stream
         size = self.settings.read_size
-        eof = False
         while True:
-            await self._send(session.take_output())
-            call = session.take_backend_call()
-            if call is not None:
-                await self._perform(call)
-                continue  # send its answer; a pipelined request may need the next call
+            writes = session.take_output()
+            if writes:
+                await self._send(writes, scope)
+            if self.backend is not None:
+                call = session.take_backend_call()
+                if call is not None:
+                    scope.deadline = math.inf  # the pool bounds the call itself
+                    await self._perform(call)
+                    continue  # send its answer; a pipelined request may need the next call
             if session.closing or self.stopping:
-                return
+                return True
             if session.paused and session.resume(time.monotonic()):
                 continue  # all sent: parse what the last read still holds
-            if eof:
-                return
-            with trio.CancelScope(deadline=_trio_time(session.deadline())) as scope:
-                self.receiving = scope
-                data = await stream.receive_some(size)
-            self.receiving = None
-            if scope.cancelled_caught:
-                if self.stopping:
-                    session.closing = True
-                elif session.expired(time.monotonic()):
-                    return
-                continue
+            if self.eof:
+                return True
+            scope.deadline = _trio_time(session.deadline())
+            self.receiving = True
+            data = await stream.receive_some(size)
+            self.receiving = False
             if not data:
-                eof = True
-                session.eof_received(time.monotonic())
-                continue  # what it sent is still answered
-            session.received(data, time.monotonic())
+                self.eof = True
+                session.eof_received(time.monotonic())  # what it sent is still answered
+            else:
+                session.received(data, time.monotonic())
+            if scope.cancel_called:
+                return False
 
     async def _perform(self, call: BackendCall) -> None:
         assert self.backend is not None  # a session makes calls only with --redis
@@ -114,27 +139,33 @@ class _Connection:
         else:
             self.session.backend_replied(replies, time.monotonic())
 
-    async def _send(self, writes: list[Write]) -> None:
+    async def _send(self, writes: list[Write], scope: trio.CancelScope) -> None:
+        idle = self.settings.idle_timeout
         for item in writes:
             if isinstance(item, FileSlice):
                 try:
-                    await self._send_file(item)
+                    await self._send_file(item, scope)
                 finally:
                     item.close()
                 continue
+            if len(item) <= _SEND_CHUNK:
+                scope.deadline = trio.current_time() + idle
+                await self.stream.send_all(item)
+                self.session.sent(len(item), time.monotonic())
+                continue
             view = memoryview(item)
             for start in range(0, len(view), _SEND_CHUNK):
-                with trio.fail_after(self.settings.idle_timeout):
-                    await self.stream.send_all(view[start:start + _SEND_CHUNK])
+                scope.deadline = trio.current_time() + idle
+                await self.stream.send_all(view[start:start + _SEND_CHUNK])
                 self.session.sent(min(_SEND_CHUNK, len(view) - start), time.monotonic())
 
-    async def _send_file(self, item: FileSlice) -> None:
+    async def _send_file(self, item: FileSlice, scope: trio.CancelScope) -> None:
         """sendfile(2) (or read+write, --sendfile off) on the non-blocking socket,
         waiting for writability between calls."""
         sock = self.stream.socket
         while item.count > 0:
-            with trio.fail_after(self.settings.idle_timeout):
-                await trio.lowlevel.wait_writable(sock)
+            scope.deadline = trio.current_time() + self.settings.idle_timeout
+            await trio.lowlevel.wait_writable(sock)
             try:
                 sent = item.send_some(sock.fileno(), _SEND_CHUNK, self.settings.sendfile)
             except BlockingIOError:
