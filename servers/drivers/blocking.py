@@ -9,6 +9,12 @@ mark plus one response whatever one read held. Descriptor shortage at accept is
 handled by :class:`servers.drivers.accepting.AcceptBackoff`. A backend call (the
 guestbook's Redis) blocks the worker on its own Redis connection
 (:mod:`servers.drivers.blocking_backend`).
+
+How a call waits at most so long is :class:`_Timer`'s: a stdlib socket stays in
+blocking mode under kernel timeouts (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), because
+``settimeout`` costs an ioctl each time and then a poll(2) before every recv and
+send: four system calls a request more than the model needs. Other sockets
+(gevent's cooperative ones) keep ``settimeout``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -131,11 +138,13 @@ def serve_connection(
     view = memoryview(buf)
     pending: list[Write] = []
     eof = False
+    timer = _Timer(sock)
+    patience = _Patience(settings, clock, stop)
     try:
         while True:
             pending = session.take_output()
             if pending:
-                _send_all(sock, pending, session, settings, clock, stop)
+                _send_all(sock, pending, session, settings, clock, patience, timer)
                 pending = []
             call = session.take_backend_call()
             if call is not None:
@@ -160,10 +169,10 @@ def serve_connection(
             timeout = session.deadline() - now
             if timeout <= 0:
                 return
-            sock.settimeout(timeout)
+            timer.receive_within(timeout)
             try:
                 n = sock.recv_into(buf)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # BlockingIOError: a kernel timeout
                 if session.expired(clock()):
                     return
                 continue
@@ -185,27 +194,29 @@ def serve_connection(
 
 
 def _send_all(sock: socket.socket, writes: list[Write], session: Session, settings: Settings,
-              clock: Callable[[], float], stop: StopSignal | None) -> None:
+              clock: Callable[[], float], patience: _Patience, timer: _Timer) -> None:
     """Send every write; each send must progress within the idle timeout, and within
     the shutdown grace once ``stop`` is set. Files go by sendfile(2), or by read+write
     with ``--sendfile off``."""
-    patience = _Patience(settings, clock, stop)
-    sock.settimeout(patience.step)
+    timer.send_within(patience.step)
+    patience.progressed()
 
-    def send_bytes(data: memoryview) -> None:
+    def send_bytes(data: bytes | memoryview) -> None:
         while data:
             try:
-                sent = sock.send(data[:_SEND_CHUNK])
-            except TimeoutError:
+                sent = sock.send(data if len(data) <= _SEND_CHUNK else data[:_SEND_CHUNK])
+            except (TimeoutError, BlockingIOError):  # BlockingIOError: a kernel timeout
                 patience.check()
                 continue
-            data = data[sent:]
             session.sent(sent, clock())
             patience.progressed()
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
 
     for item in writes:
         if isinstance(item, bytes):
-            send_bytes(memoryview(item))
+            send_bytes(item)
             continue
         try:
             if not settings.sendfile:
@@ -214,8 +225,9 @@ def _send_all(sock: socket.socket, writes: list[Write], session: Session, settin
                     if not chunk:
                         raise ConnectionError("file shrank while being sent")
                     item.advance(len(chunk))
-                    send_bytes(memoryview(chunk))
+                    send_bytes(chunk)
                 continue
+            timer.python_timeout(patience.step)  # socket.sendfile waits by its own poll
             file = item.open()
             while item.count > 0:
                 # socket.sendfile leaves the file positioned after what it sent, also
@@ -237,6 +249,65 @@ def _send_all(sock: socket.socket, writes: list[Write], session: Session, settin
                     raise ConnectionError("file shrank while being sent")
         finally:
             item.close()
+
+
+class _Timer:
+    """Bounds the next receive or send of a blocking socket (see the module docstring).
+
+    Under kernel timeouts a receive timeout is changed only when the deadline moved
+    notably: set longer than the time left, it would let a call wait past its deadline,
+    so it is set again when it exceeds the time left by more than 2% + 2 ms; set much
+    shorter (under half), the call wakes early, finds the deadline not reached and
+    waits again, so it is set again then too. A keep-alive connection's deadline
+    moves by about the time between two requests, so its receives change nothing.
+    A call that times out raises BlockingIOError (kernel) or TimeoutError.
+    """
+
+    __slots__ = ("sock", "kernel", "receive", "send")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.kernel = type(sock) is socket.socket
+        self.receive = -1.0  # the timeout in force for receives (kernel), -1: none set
+        self.send = -1.0
+        if self.kernel:
+            sock.settimeout(None)
+
+    def receive_within(self, timeout: float) -> None:
+        if not self.kernel:
+            self.sock.settimeout(timeout)
+            return
+        if self._python_mode() or not (timeout * 0.5 <= self.receive
+                                       <= timeout * 1.02 + 0.002):
+            self.receive = timeout
+            self._set(socket.SO_RCVTIMEO, timeout)
+
+    def send_within(self, timeout: float) -> None:
+        if not self.kernel:
+            self.sock.settimeout(timeout)
+            return
+        self._python_mode()
+        if self.send != timeout:
+            self.send = timeout
+            self._set(socket.SO_SNDTIMEO, timeout)
+
+    def python_timeout(self, timeout: float) -> None:
+        """Python's own timeout (poll before each call) until the next bound, for calls
+        that do not take kernel timeouts (socket.sendfile waits with its own poll)."""
+        self.sock.settimeout(timeout)
+
+    def _python_mode(self) -> bool:
+        """Back to blocking mode if :meth:`python_timeout` left it; whether it had."""
+        if self.sock.gettimeout() is None:
+            return False
+        self.sock.settimeout(None)
+        return True
+
+    def _set(self, option: int, timeout: float) -> None:
+        # A zero timeval means "no timeout": the shortest is one microsecond.
+        seconds = max(timeout, 1e-6)
+        self.sock.setsockopt(socket.SOL_SOCKET, option,
+                             struct.pack("@ll", int(seconds), int(seconds % 1 * 1e6)))
 
 
 class _Patience:
