@@ -106,6 +106,7 @@ class EpollPoller(Poller):
     _IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLPRI
     _ERR = select.EPOLLERR | select.EPOLLHUP
     _HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+    _READABLE = _IN | _ERR
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -124,11 +125,9 @@ class EpollPoller(Poller):
 
     def poll(self, timeout: float | None) -> list[Event]:
         events = self._epoll.poll(-1 if timeout is None else timeout)
-        return [
-            (fd, bool(ev & (self._IN | self._ERR)), bool(ev & select.EPOLLOUT),
-             bool(ev & self._HUP))
-            for fd, ev in events
-        ]
+        readable, writable, hup = self._READABLE, select.EPOLLOUT, self._HUP
+        return [(fd, ev & readable != 0, ev & writable != 0, ev & hup != 0)
+                for fd, ev in events]
 
     def close(self) -> None:
         self._epoll.close()

@@ -102,6 +102,7 @@ class ReadinessLoop:
         self._scan_every = min(1.0, max(0.05, shortest / 4))
         self._connect_retry: list[Link] = []  # unix connects that met a full backlog
         self._connect_retry_at = 0.0
+        self._now = clock()
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -132,7 +133,11 @@ class ReadinessLoop:
                 if self._connect_retry:
                     wake = min(wake, self._connect_retry_at)
                 timeout = 0.0 if busy else max(0.0, wake - now)
-                for fd, readable, writable, hangup in self.poller.poll(timeout):
+                events = self.poller.poll(timeout)
+                # One clock reading per turn for the reads and writes of its events: the
+                # activity times behind idle and header deadlines need no finer grain.
+                self._now = self.clock()
+                for fd, readable, writable, hangup in events:
                     if fd == lfd:
                         self._accept()
                     elif fd == sfd:
@@ -264,11 +269,11 @@ class ReadinessLoop:
                 self._close(conn)
                 return
             if n == 0:
-                conn.session.eof_received(self.clock())
+                conn.session.eof_received(self._now)
                 conn.lingering = False
                 self._pump(conn, eof=True)
                 return
-            conn.session.received(view[:n], self.clock())
+            conn.session.received(view[:n], self._now)
             self._pump(conn)
             if not self._edge or (n < len(self._buf) and not hangup):
                 # Level-triggered: the poller will say if more is waiting. Edge-triggered:
@@ -313,8 +318,10 @@ class ReadinessLoop:
             self._set_writing(conn, False)
             self._finish(conn, eof)
         else:
-            self._set_writing(conn, False)
-            self._set_reading(conn, session.wants_input)
+            if conn.writing:
+                self._set_writing(conn, False)
+            if conn.reading != session.wants_input:
+                self._set_reading(conn, not conn.reading)
 
     def _flush(self, conn: _Conn) -> bool:
         """Write the queue until the socket is full; False if the connection was closed."""
@@ -333,7 +340,7 @@ class ReadinessLoop:
                         out[0] = memoryview(item)[sent:]
                     else:
                         out.popleft()
-                session.sent(sent, self.clock())
+                session.sent(sent, self._now)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
