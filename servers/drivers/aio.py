@@ -107,8 +107,9 @@ class CoreProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         session = self.session
         assert session is not None
-        session.received(self.server.view[:nbytes], time.monotonic())
-        self._pump()
+        now = time.monotonic()
+        session.received(self.server.view[:nbytes], now)
+        self._pump(now)
         self._rearm_if_sooner()
 
     def eof_received(self) -> bool:
@@ -149,13 +150,18 @@ class CoreProtocol(asyncio.BufferedProtocol):
 
     # -- output ------------------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def _pump(self, now: float | None = None) -> None:
+        """Write what the session produced, parse what it held once that is out, hand
+        its backend call to the pool, and pause or resume reading. ``now``: the time
+        of the callback, if it read the clock already."""
         session, transport = self.session, self.transport
         assert session is not None and transport is not None
+        if now is None:
+            now = time.monotonic()
         while True:
             self.queue.extend(session.take_output())
             if self.file_task is None:
-                self._write_queue()
+                self._write_queue(now)
             if (self.queue or self.file_task is not None or self.drained is not None
                     or not session.paused or not session.resume(time.monotonic())):
                 break
@@ -192,7 +198,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
         self._pump()
         self._rearm_if_sooner()  # held input parsed: a request head may have begun
 
-    def _write_queue(self) -> None:
+    def _write_queue(self, now: float) -> None:
         transport, session = self.transport, self.session
         assert transport is not None and session is not None
         while self.queue:
@@ -201,7 +207,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
                 self.file_task = self.loop.create_task(self._send_file(item))
                 return
             transport.write(item)
-            session.sent(len(item), time.monotonic())
+            session.sent(len(item), now)
 
     async def _send_file(self, item: FileSlice) -> None:
         transport = self.transport
