@@ -73,8 +73,8 @@ VM_SERVERS = "kecho,kecho-kthread,khttpd,c-epoll"
 # TCG runs everything ~10x slower: longer windows, and a per-request timeout that 1,000
 # connections being set up at once do not run into.
 VM_DEFAULTS = {"workloads": "echo,echo-connect,http", "concurrency": "8,100,1000",
-               "duration": 2.0, "warmup": 0.5}
-VM_QUICK = {"workloads": "echo,echo-connect,http", "duration": 1.0, "warmup": 0.3}
+               "duration": 1.0, "warmup": 0.3}
+VM_QUICK = {"workloads": "echo,echo-connect,http", "duration": 0.6, "warmup": 0.2}
 VM_TIMEOUT = 10.0
 VM_CPU_NOTE = ("CPU per request: every vCPU's /proc/stat (user, system, irq, softirq) over "
                "the window, less the load generator's and the harness's own CPU")

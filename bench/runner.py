@@ -564,10 +564,10 @@ def fill_record(
     if record["littles_limit"]:
         record["littles_share"] = rps / record["littles_limit"]
     served = rps * usage.window_s
-    if usage.cores_busy_s is not None and server_cpus:
+    # a kernel server's work on its core (kworkers, softirq) cannot be told from others'
+    if usage.cores_busy_s is not None and server_cpus and target.kind != "kernel":
         capacity = usage.window_s * len(server_cpus)
-        own = usage.cpu_s if target.kind != "kernel" else 0.0
-        record["foreign_cpu_util"] = max(usage.cores_busy_s - own, 0.0) / capacity
+        record["foreign_cpu_util"] = max(usage.cores_busy_s - usage.cpu_s, 0.0) / capacity
     if usage.other_busy_s is not None and client_cpus:
         # everything on the load generator's cores (it, the harness, other work): >= 0.9
         # means the load generator may have been starved even if its own share is small

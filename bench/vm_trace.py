@@ -120,6 +120,11 @@ def drain() -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+def tracing(on: bool) -> None:
+    """Start or stop recording into the buffer."""
+    _write("tracing_on", "1" if on else "0")
+
+
 def dropped() -> int:
     """Events lost to a full buffer, summed over the CPUs (per_cpu/*/stats)."""
     lost = 0
@@ -131,39 +136,49 @@ def dropped() -> int:
     return lost
 
 
-@contextmanager
-def session(plan: Plan, server: runner.Server) -> Iterator[None]:
-    """Set tracefs up for ``plan`` against the running ``server``; reset afterwards."""
+def configure(kind: str, module: str = "", pids: list[int] | None = None) -> None:
+    """Set tracefs up for one ``kind`` of trace (see :class:`Plan`), tracing still off."""
     reset()
     _write("buffer_size_kb", str(BUFFER_KB))
     _write("options/overwrite", "0")
+    if kind == "workqueue":
+        _write("set_event", "workqueue:workqueue_queue_work\n"
+               "workqueue:workqueue_execute_start\nworkqueue:workqueue_execute_end\n"
+               "sched:sched_switch\n")
+    elif kind == "kthread":
+        _write("set_event", "task:task_newtask\ntask:task_rename\nsched:sched_wakeup\n"
+               "sched:sched_switch\n")
+    elif kind == "syscalls":
+        _write("options/event-fork", "1")
+        _write("set_event_pid", " ".join(map(str, pids or [])))
+        _write("set_event", "raw_syscalls:sys_enter\nraw_syscalls:sys_exit\n")
+    else:
+        _write("set_ftrace_filter", f":mod:{module}\n")
+        for call in SOCKET_CALLS:
+            _write("set_ftrace_filter", call + "\n", append=True)
+        _write("options/sleep-time", "0")
+        _write("options/funcgraph-tail", "1")
+        _write("options/funcgraph-irqs", "0")
+        _write("current_tracer", "function_graph")
+
+
+def unconfigure() -> None:
+    """Back to the defaults :func:`configure` changed."""
+    reset()
+    for option, default in (("event-fork", "0"), ("sleep-time", "1"),
+                            ("funcgraph-tail", "0"), ("funcgraph-irqs", "1")):
+        _write(f"options/{option}", default)
+
+
+@contextmanager
+def session(plan: Plan, server: runner.Server) -> Iterator[None]:
+    """Set tracefs up for ``plan`` against the running ``server``; reset afterwards."""
     try:
-        if plan.kind == "workqueue":
-            _write("set_event", "workqueue:workqueue_queue_work\n"
-                   "workqueue:workqueue_execute_start\nworkqueue:workqueue_execute_end\n"
-                   "sched:sched_switch\n")
-        elif plan.kind == "kthread":
-            _write("set_event", "task:task_newtask\ntask:task_rename\nsched:sched_wakeup\n"
-                   "sched:sched_switch\n")
-        elif plan.kind == "syscalls":
-            pids = [p.pid for p in metrics.tree(server.proc.pid)]
-            _write("options/event-fork", "1")
-            _write("set_event_pid", " ".join(map(str, pids)))
-            _write("set_event", "raw_syscalls:sys_enter\nraw_syscalls:sys_exit\n")
-        else:
-            _write("set_ftrace_filter", f":mod:{plan.module}\n")
-            for call in SOCKET_CALLS:
-                _write("set_ftrace_filter", call + "\n", append=True)
-            _write("options/sleep-time", "0")
-            _write("options/funcgraph-tail", "1")
-            _write("options/funcgraph-irqs", "0")
-            _write("current_tracer", "function_graph")
+        pids = [p.pid for p in metrics.tree(server.proc.pid)] if plan.kind == "syscalls" else []
+        configure(plan.kind, plan.module if plan.target.kind == "kernel" else "", pids)
         yield
     finally:
-        reset()
-        for option, default in (("event-fork", "0"), ("sleep-time", "1"),
-                                ("funcgraph-tail", "0"), ("funcgraph-irqs", "1")):
-            _write(f"options/{option}", default)
+        unconfigure()
 
 
 def plans(order: list[tuple[int, str, int, runner.Target]]) -> list[Plan]:
@@ -213,10 +228,10 @@ def traced_run(plan: Plan, settings: runner.Settings) -> dict[str, Any]:
                 time.sleep(0.01)
             time.sleep(settings.warmup + runner.CONNECTED_TO_CLOCK_S)
             span = max(settings.duration - runner.WINDOW_TAIL_S, settings.duration * 0.5)
-            _write("tracing_on", "1")
+            tracing(True)
             began = time.monotonic()
             time.sleep(span)
-            _write("tracing_on", "0")
+            tracing(False)
             window = time.monotonic() - began
             bound = settings.duration + settings.timeout + settings.slack
             result, problem = runner.finish_loadgen(loadgen, bound)
