@@ -579,7 +579,7 @@ def not_clean(results: list[dict[str, Any]]) -> list[str]:
                          f"{r['status']}: {r['reason'][:160]}")
         if r.get("unstable"):
             lines.append(f"{r['server']} {r['workload']} c={r['concurrency']}: "
-                         f"{r['unstable'][:160]} (kept after one rerun)")
+                         f"{r['unstable'][:160]}")
     return lines
 
 
@@ -678,7 +678,8 @@ def capacity_table(capacity: list[dict[str, Any]], workload: str, fmt: str = "si
     for c in chosen:
         low, high = c["bracket"]
         key = c["key"]
-        at = next((p[key] for p in c["probes"] if p["rate"] == c["capacity_rps"]), None)
+        at = next((p[key] for p in c["probes"] if c["feasible"]
+                   and p["rate"] == c["capacity_rps"]), None)
         if c["feasible"]:
             bracket = f"{fmt_rate(low)}..{fmt_rate(high) if high else '?'}"
             verdict = "meets" + ("" if high else " at every rate tried")
@@ -722,7 +723,8 @@ def plot_capacity(capacity: list[dict[str, Any]], out_dir: str, note: str = "") 
                             if p["rate"] is not None and p[key])
             if points:
                 ax.plot([p[0] for p in points], [p[1] / 1000 for p in points],
-                        label=c["server"], color=colors[i % len(colors)],
+                        label=c["server"] + ("" if c["feasible"] else " (never met it)"),
+                        color=colors[i % len(colors)],
                         marker="osD^"[i // len(colors) % 4])
         ax.axhline(target / 1000, color="red", linestyle="--",
                    label=f"target {key} {fmt_us(target)}")
