@@ -10,15 +10,23 @@ includes ~0.1 s of load generator start-up, the same for every server), and
 and saved runs (``--benchmark-autosave``) carry them. Benchmarks are grouped by workload
 (``benchmark.group``); ``--benchmark-group-by=param:workload`` or ``param:server``
 regroup them.
+
+For the workloads in ``ZOO_BENCH_SLO_WORKLOADS`` (default ``http``; empty: none),
+``extra_info["capacity_rps"]`` also holds the server's capacity at the latency target
+``ZOO_BENCH_SLO`` (default ``p99=5ms``): the highest open-loop rate (Poisson arrivals)
+whose percentile stays within it, found by :func:`bench.capacity.search` against the
+running server (one closed-loop and at most 6 open-loop runs of 0.5 s, about 6 s a
+server), with ``capacity_bracket`` and ``capacity_target``; None when no rate met it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 from typing import Any
 
-from bench import runner
+from bench import capacity, runner
 
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
 # The default size (see conftest.py): about 2 minutes for the whole zoo on 2 cores.
@@ -26,6 +34,9 @@ DEFAULT_REQUESTS = 4000
 DEFAULT_GUESTBOOK_REQUESTS = 500  # each one waits on a Redis round trip
 DEFAULT_ROUNDS = 5
 DEFAULT_CONCURRENCY = 50
+DEFAULT_SLO = "p99=5ms"
+DEFAULT_SLO_WORKLOADS = "http"
+SLO_PROBE = runner.Settings(duration=0.5, warmup=0.1, timeout=2.0)
 
 
 def env_int(name: str, default: int) -> int:
@@ -73,3 +84,25 @@ def test_zoo(benchmark: Any, zoo_server: tuple[runner.Server, runner.Target, str
     assert server.alive(), f"{target.name} died: {server.stderr_tail()}"
     assert benchmark.extra_info["errors_total"] == 0, benchmark.extra_info
     assert all(r["requests"] == requests for r in measured)
+    slo_workloads = os.environ.get("ZOO_BENCH_SLO_WORKLOADS", DEFAULT_SLO_WORKLOADS)
+    if workload in [w.strip() for w in slo_workloads.split(",")]:
+        key, target_us = capacity.parse_slo(os.environ.get("ZOO_BENCH_SLO", DEFAULT_SLO))
+        found = capacity.search(
+            lambda rate: open_loop_probe(server, workload, connections, rate, client_cpus),
+            key, target_us)
+        benchmark.extra_info.update(capacity_rps=found["capacity_rps"],
+                                    capacity_bracket=found["bracket"],
+                                    capacity_target=f"{key}<={target_us:g}us")
+        assert server.alive(), f"{target.name} died in the capacity search"
+
+
+def open_loop_probe(server: runner.Server, workload: str, connections: int,
+                    rate: float | None, client_cpus: list[int]) -> dict[str, Any]:
+    """One run of the capacity search against the running server, as a run record."""
+    settings = dataclasses.replace(SLO_PROBE, rate=rate)
+    argv = runner.loadgen_argv(server.host, server.port, workload, connections, settings,
+                               threads=len(client_cpus), duration=settings.duration)
+    result, problem = runner.finish_loadgen(runner.start_loadgen(argv, client_cpus), 30.0)
+    if result is None:
+        return {"status": "failed", "reason": problem, "requests_per_s": None}
+    return {**result, "status": "errors" if result["errors_total"] else "ok"}

@@ -152,6 +152,10 @@ def check_extra_info(benchmarks: list[dict], expected: set[str]) -> None:
         assert info["errors_total"] == 0
         assert info["client_cpu_util"] > 0
         assert by_case[case]["stats"]["rounds"] == int(TINY["ZOO_BENCH_ROUNDS"])
+        if workload == "http":  # the capacity at the default ZOO_BENCH_SLO (test_zoo.py)
+            assert info["capacity_target"] == "p99<=5000us", info
+            low, high = info["capacity_bracket"]
+            assert info["capacity_rps"] == low > 0, info
 
 
 def test_json_holds_extra_info(bench_run: Run) -> None:
