@@ -11,15 +11,15 @@ _CFLAGS = ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
 setup(
     ext_modules=[
         Extension(
-            "bench._loadgen",
+            "zoo_loadgen",
             sources=["bench/native/loadgen.c"],
             depends=["bench/native/hist.h"],
             extra_compile_args=_CFLAGS,
             libraries=["pthread", "m"],
         ),
         Extension(
-            "servers._cepoll",
-            sources=["bench/native/cepoll.c"],
+            "zoo_cepoll",
+            sources=["servers/native/cepoll.c"],
             extra_compile_args=_CFLAGS,
         ),
     ],

@@ -1,4 +1,4 @@
-"""The native load generator: validation around ``bench._loadgen`` and its CLI.
+"""The native load generator: validation around ``zoo_loadgen`` and its CLI.
 
 ``run(...)`` returns one dict (the schema below); ``python -m bench.loadgen``
 prints it for humans or, with ``--json``, as one JSON object on stdout::
@@ -63,6 +63,15 @@ LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
 DEFAULT_DURATION = 10.0
 LIMITED_DURATION_CAP = 60.0  # with --requests and no --duration: the run's time bound
 START_AT_HORIZON_S = 600.0  # as the native run: the furthest start_at it accepts
+
+
+def native_problem() -> str | None:
+    """Why the native load generator cannot be loaded here (not built), or None."""
+    try:
+        import zoo_loadgen  # noqa: F401
+    except ImportError as exc:
+        return f"the native load generator zoo_loadgen is not built (pip install -e .): {exc}"
+    return None
 
 
 def default_threads() -> int:
@@ -163,7 +172,7 @@ def run(
         app.update(path=path)
     if not app.get("path", "/").startswith("/"):
         raise ValueError("path must start with /")
-    from bench import _loadgen
+    import zoo_loadgen as _loadgen
 
     address = resolve(host, port)
     host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

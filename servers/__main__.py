@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from tabulate import tabulate
-
 from servers.registry import ENTRIES
 
 
@@ -18,6 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     if options.json:
         print(json.dumps([entry.as_dict() for entry in ENTRIES], indent=2))
         return
+    from tabulate import tabulate  # only the table needs it: --json runs on the stdlib
+
     rows = [
         (e.name, e.model, e.multiplexer, "yes" if e.sendfile else "no", e.description, e.limits,
          "python " + " ".join(e.argv))

@@ -1,9 +1,10 @@
 """c-epoll: the native user-space ceiling, a single-threaded C epoll loop.
 
-The loop itself is the C extension ``servers._cepoll`` (built by setup.py from
-``bench/native/cepoll.c``). Every response text it sends (page, content types,
-reasons, error bodies, server name) is read here from ``servers/core/wire.json``
-and handed to C, so c-epoll answers with the same bytes as the Python core.
+The loop itself is the C extension ``zoo_cepoll`` (built by setup.py from
+``servers/native/cepoll.c``; a top-level module, so no source folder shadows it).
+Every response text it sends (page, content types, reasons, error bodies, server
+name) is read here from ``servers/core/wire.json`` and handed to C, so c-epoll
+answers with the same bytes as the Python core.
 
 With ``--redis``, ``/guestbook`` is the core's guestbook app
 (:mod:`servers.core.guestbook`) in C: the same form checks, JSON entries and page,
@@ -128,7 +129,7 @@ class CEpoll(Backend):
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
-        from servers import _cepoll
+        import zoo_cepoll as _cepoll
 
         book = (guestbook_texts(settings.redis, settings.backend_wait_ms, settings.backend_pool)
                 if settings.redis is not None else None)

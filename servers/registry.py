@@ -154,8 +154,8 @@ ENTRIES: tuple[Entry, ...] = (
                     "connect, send and recv are submitted to the same ring, one call on "
                     "each at a time, calls beyond waiting FIFO"),
     Entry("c-epoll", "servers.c_epoll", "event loop", "epoll",
-          "a small C epoll server (servers._cepoll): the native user-space ceiling the "
-          "Python servers and the kernel modules are measured against",
+          "a small C epoll server (zoo_cepoll, servers/native/cepoll.c): the native "
+          "user-space ceiling the Python servers and the kernel modules are measured against",
           limits="no --root (static files); "
                  "one core per process (--workers N for more)",
           event_driven=True, kind="native", static_files=False,

@@ -17,15 +17,10 @@ import sys
 
 import pytest
 
-from bench import capacity, runner
+from bench import capacity, loadgen, runner
 
-try:
-    from bench import _loadgen  # noqa: F401
-
-    LOADGEN_PROBLEM = ""
-except ImportError as exc:  # pragma: no cover - depends on the build
-    LOADGEN_PROBLEM = f"bench._loadgen not importable: {exc}"
-needs_loadgen = pytest.mark.skipif(bool(LOADGEN_PROBLEM), reason=LOADGEN_PROBLEM)
+LOADGEN_PROBLEM = loadgen.native_problem()
+needs_loadgen = pytest.mark.skipif(LOADGEN_PROBLEM is not None, reason=LOADGEN_PROBLEM or "")
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "faulty_server.py")
 

@@ -4,7 +4,7 @@ Against small faulty servers (tests/fixtures/faulty_server.py) the harness
 must count wrong answers as errors, measure a known delay, show a stall in
 open loop that closed loop hides, and report a crash instead of hanging; and
 ``python -m bench --quick`` must write every output file with the documented
-keys. Needs the native load generator (``bench._loadgen``).
+keys. Needs the native load generator (``zoo_loadgen``).
 """
 
 from __future__ import annotations
@@ -17,15 +17,10 @@ import time
 
 import pytest
 
-from bench import report, runner
+from bench import loadgen, report, runner
 
-try:
-    from bench import _loadgen  # noqa: F401
-
-    LOADGEN_PROBLEM = ""
-except ImportError as exc:  # pragma: no cover - depends on the build
-    LOADGEN_PROBLEM = f"bench._loadgen not importable: {exc}"
-needs_loadgen = pytest.mark.skipif(bool(LOADGEN_PROBLEM), reason=LOADGEN_PROBLEM)
+LOADGEN_PROBLEM = loadgen.native_problem()
+needs_loadgen = pytest.mark.skipif(LOADGEN_PROBLEM is not None, reason=LOADGEN_PROBLEM or "")
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "faulty_server.py")
 REQUIRED = ("server", "workload", "concurrency", "requests_per_s", "latency_us", "errors",

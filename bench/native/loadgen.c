@@ -1,4 +1,4 @@
-/* loadgen.c - bench._loadgen: an epoll-driven TCP/HTTP load generator.
+/* loadgen.c - zoo_loadgen: an epoll-driven TCP/HTTP load generator.
  *
  * One pthread per "thread", each owning a share of the connections and its own
  * epoll instance, histogram and counters; the GIL is released for the whole run.
@@ -1492,11 +1492,11 @@ static PyMethodDef methods[] = {
      " -> dict\n\nRun one load test against a numeric address; see bench.loadgen."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "bench._loadgen",
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zoo_loadgen",
                                     "Native epoll load generator (see bench.loadgen).", -1,
                                     methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__loadgen(void)
+PyMODINIT_FUNC PyInit_zoo_loadgen(void)
 {
     return PyModule_Create(&module);
 }

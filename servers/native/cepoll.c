@@ -1,4 +1,4 @@
-/* cepoll.c - servers._cepoll: a single-threaded, level-triggered epoll server.
+/* cepoll.c - zoo_cepoll: a single-threaded, level-triggered epoll server.
  *
  * The native user-space ceiling of tcp-zoo: echo and HTTP/1.1 (GET/HEAD of the
  * benchmark page, keep-alive, pipelining) with per-connection buffers and
@@ -3149,11 +3149,11 @@ static PyMethodDef methods[] = {
      "guestbook: None, or the /guestbook app's texts, limits and Redis (servers.c_epoll)."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "servers._cepoll",
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zoo_cepoll",
                                     "Native single-threaded epoll server (see servers.c_epoll).",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__cepoll(void)
+PyMODINIT_FUNC PyInit_zoo_cepoll(void)
 {
     return PyModule_Create(&module);
 }
