@@ -210,19 +210,12 @@ def profiled_run(target: runner.Target, label: str, concurrency: int,
         return record
     base = os.path.join(out_dir, f"profile-{target.name}-{label.replace('@', '-')}")
     try:
-        argv = runner.loadgen_argv(server.host, server.port, label, concurrency, settings,
-                                   threads=max(1, len(client_cpus)),
-                                   duration=settings.duration)
-        loadgen = runner.start_loadgen(argv, client_cpus)
-        give_up = time.monotonic() + settings.ready_timeout
-        while (metrics.established(server.port) == 0 and loadgen.poll() is None
-               and time.monotonic() < give_up):
-            time.sleep(0.01)
-        time.sleep(settings.warmup + runner.CONNECTED_TO_CLOCK_S)
+        loadgen = runner.start_load(server, label, concurrency, settings, client_cpus)
+        runner.await_window(server, loadgen, settings)
         usage_of = metrics.TreeSampler(server.proc.pid)
         usage_of.start()
         sampler = Sampler(server.proc.pid, base + ".txt", client_cpus)
-        time.sleep(max(settings.duration - runner.WINDOW_TAIL_S, settings.duration * 0.5))
+        time.sleep(runner.window_span(settings))
         stacks, why = sampler.stop()
         usage = usage_of.stop()
         result, problem = runner.finish_loadgen(

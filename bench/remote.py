@@ -272,7 +272,7 @@ class Placement:
         idles = shares(settings.idle, len(self.clients))
         start_at = time.time() + self.start_margin_s
         opens_at = start_at + settings.warmup + runner.CONNECTED_TO_CLOCK_S
-        span = max(settings.duration - runner.WINDOW_TAIL_S, settings.duration * 0.5)
+        span = runner.window_span(settings)
         procs: list[subprocess.Popen[str]] = []
         meter: subprocess.Popen[str] | None = None
         try:

@@ -472,23 +472,42 @@ def measure(
     return record
 
 
+def start_load(server: Server, workload: str, concurrency: int, settings: Settings,
+               client_cpus: list[int]) -> subprocess.Popen[str]:
+    """Start the load generator for one run against ``server``, on ``client_cpus``."""
+    argv = loadgen_argv(server.host, server.port, workload, concurrency, settings,
+                        threads=max(1, len(client_cpus)), duration=settings.duration)
+    return start_loadgen(argv, client_cpus)
+
+
+def await_window(server: Server, loadgen: subprocess.Popen[str], settings: Settings) -> None:
+    """Return when the measured window opens. The load generator's clock starts when it
+    has connected: wait for its first connection (bounded by ``ready_timeout``), then
+    for the warm-up."""
+    time.sleep(LOADGEN_START_S)
+    give_up = time.monotonic() + settings.ready_timeout
+    while (metrics.established(server.port) == 0 and loadgen.poll() is None
+           and server.alive() and time.monotonic() < give_up):
+        time.sleep(0.01)
+    time.sleep(settings.warmup + CONNECTED_TO_CLOCK_S)
+
+
+def window_span(settings: Settings) -> float:
+    """How long the server is measured: the run less its tail, at least half of it."""
+    return max(settings.duration - WINDOW_TAIL_S, settings.duration * 0.5)
+
+
 def _window(
-    server: Server, loadgen: subprocess.Popen[str], lead: float, span: float, use_perf: bool,
-    server_cpus: list[int] | None = None, connect_timeout: float = 10.0,
-    client_cpus: list[int] | None = None, whole: bool = False,
+    server: Server, loadgen: subprocess.Popen[str], settings: Settings, use_perf: bool,
+    server_cpus: list[int] | None = None, client_cpus: list[int] | None = None,
+    whole: bool = False,
 ) -> tuple[metrics.TreeUsage, tuple[int, float] | None, float | None]:
     """Wait out the warm-up, then measure the server tree until the window closes."""
     sampler = metrics.TreeSampler(server.proc.pid, cpus=server_cpus, other_cpus=client_cpus,
                                   subtract_pids=(loadgen.pid, os.getpid()) if whole else None)
     counter: metrics.SyscallCounter | None = None
-    # The load generator's clock starts when it has connected: wait for its first
-    # connection (bounded), then for the warm-up.
-    time.sleep(LOADGEN_START_S)
-    give_up = time.monotonic() + connect_timeout
-    while (metrics.established(server.port) == 0 and loadgen.poll() is None
-           and server.alive() and time.monotonic() < give_up):
-        time.sleep(0.01)
-    time.sleep(lead)
+    await_window(server, loadgen, settings)
+    span = window_span(settings)
     opened = sampler.start()
     try:
         if use_perf:
@@ -514,15 +533,10 @@ def _load_and_measure(
     client_cpus: list[int], use_perf: bool, record: dict[str, Any],
     server_cpus: list[int] | None = None,
 ) -> None:
-    argv = loadgen_argv(server.host, server.port, workload, concurrency, settings,
-                        threads=max(1, len(client_cpus)), duration=settings.duration)
-    lead = settings.warmup + CONNECTED_TO_CLOCK_S
-    span = max(settings.duration - WINDOW_TAIL_S, settings.duration * 0.5)
     started = time.monotonic()
-    loadgen = start_loadgen(argv, client_cpus)
+    loadgen = start_load(server, workload, concurrency, settings, client_cpus)
     try:
-        usage, syscalls, died_at = _window(server, loadgen, lead, span, use_perf,
-                                           server_cpus, settings.ready_timeout,
+        usage, syscalls, died_at = _window(server, loadgen, settings, use_perf, server_cpus,
                                            client_cpus if server_cpus else None,
                                            settings.guest_cpu)
     except BaseException:

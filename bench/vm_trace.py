@@ -217,17 +217,10 @@ def traced_run(plan: Plan, settings: runner.Settings) -> dict[str, Any]:
                                  ready_timeout=settings.ready_timeout)
     try:
         with session(plan, server):
-            argv = runner.loadgen_argv(server.host, server.port, plan.workload,
-                                       plan.concurrency, settings,
-                                       threads=max(1, len(client_cpus)),
-                                       duration=settings.duration)
-            loadgen = runner.start_loadgen(argv, client_cpus)
-            give_up = time.monotonic() + settings.ready_timeout
-            while (metrics.established(server.port) == 0 and loadgen.poll() is None
-                   and time.monotonic() < give_up):
-                time.sleep(0.01)
-            time.sleep(settings.warmup + runner.CONNECTED_TO_CLOCK_S)
-            span = max(settings.duration - runner.WINDOW_TAIL_S, settings.duration * 0.5)
+            loadgen = runner.start_load(server, plan.workload, plan.concurrency, settings,
+                                        client_cpus)
+            runner.await_window(server, loadgen, settings)
+            span = runner.window_span(settings)
             tracing(True)
             began = time.monotonic()
             time.sleep(span)

@@ -9,9 +9,12 @@ import re
 import selectors
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from servers.backend import Unavailable
 from servers.kmod_launch import KMOD_DIR, free_port, load_module, unload_module
@@ -267,3 +270,24 @@ def poll_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05
         if time.monotonic() > deadline:
             return False
         time.sleep(step)
+
+
+def launch(module: str, *extra: str, cpu: int | None = None) -> tuple[subprocess.Popen[str], int]:
+    """``servers.kmod_launch`` as the harness starts a kernel server (pinned with taskset
+    to ``cpu`` when given); returns the launcher and the port it announced."""
+    argv = [sys.executable, "-m", "servers.kmod_launch", "--module", module, "--port", "0",
+            *extra]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(30):
+            proc.kill()
+            proc.wait(5)
+            pytest.fail("launcher did not announce within 30 s")
+    line = proc.stdout.readline()
+    m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+    assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc, int(m.group(1))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -14,28 +12,11 @@ import pytest
 from tests.kernel import helpers
 
 
-def start(module: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servers.kmod_launch", "--module", module, "--port", "0", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(30):
-            proc.kill()
-            pytest.fail("launcher did not announce within 30s")
-    line = proc.stdout.readline()
-    m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-    assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-    return proc, int(m.group(1))
-
-
 @pytest.mark.parametrize(("module", "proto"), [
     ("kecho", "echo"), ("kecho-kthread", "echo"), ("khttpd", "http"),
 ])
 def test_launch_serve_stop(module: str, proto: str) -> None:
-    proc, port = start(module, "--proto", proto, "--workers", "1")
+    proc, port = helpers.launch(module, "--proto", proto, "--workers", "1")
     try:
         with helpers.connect(port) as s:
             if proto == "echo":

@@ -9,11 +9,7 @@ workqueue can be pinned through sysfs by the launcher, and that a bad list is re
 from __future__ import annotations
 
 import os
-import re
-import selectors
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -90,29 +86,9 @@ def test_a_bad_cpu_list_is_refused(port: int, bad: str) -> None:
     assert f"kecho: cpus={bad} is not a list of online CPUs" in helpers.dmesg()[len(before):]
 
 
-def launch(module: str, cpu: int) -> tuple[subprocess.Popen[str], int]:
-    """servers.kmod_launch pinned with taskset, as the harness starts a server."""
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(cpu), sys.executable, "-m", "servers.kmod_launch",
-         "--module", module, "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(30):
-            proc.kill()
-            proc.wait(5)
-            pytest.fail("launcher did not announce within 30 s")
-    line = proc.stdout.readline()
-    m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-    assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-    return proc, int(m.group(1))
-
-
 @pytest.mark.parametrize(("module", "name"), [("kecho", "kecho"), ("khttpd", "khttpd")])
 def test_launcher_pins_module_where_it_runs(module: str, name: str, last_cpu: int) -> None:
-    proc, port = launch(module, last_cpu)
+    proc, port = helpers.launch(module, cpu=last_cpu)
     try:
         mask = (WQ_SYSFS / name / "cpumask").read_text().strip().replace(",", "")
         assert int(mask, 16) == 1 << last_cpu
