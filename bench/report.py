@@ -736,11 +736,18 @@ def plot_capacity(capacity: list[dict[str, Any]], out_dir: str, note: str = "") 
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
         name = f"capacity_{workload}.png"
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, name), dpi=100)
-        plt.close(fig)
-        written.append(name)
+        written.append(save_figure(fig, out_dir, name))
     return written
+
+
+def save_figure(fig: Any, out_dir: str, name: str) -> str:
+    """Lay out, write ``out_dir/name`` (PNG, 100 dpi) and close one figure; return ``name``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=100)
+    plt.close(fig)
+    return name
 
 
 def plot(results: list[dict[str, Any]], out_dir: str, note: str = "") -> list[str]:
@@ -770,10 +777,7 @@ def plot(results: list[dict[str, Any]], out_dir: str, note: str = "") -> list[st
         if ax.lines:
             ax.legend(fontsize=8, ncol=2)
         name = f"throughput_{workload}.png"
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, name), dpi=100)
-        plt.close(fig)
-        written.append(name)
+        written.append(save_figure(fig, out_dir, name))
 
         ref = reference_concurrency(results, workload)
         chosen = [r for r in results if r["workload"] == workload and r["concurrency"] == ref
@@ -793,10 +797,7 @@ def plot(results: list[dict[str, Any]], out_dir: str, note: str = "") -> list[st
         if chosen:
             ax.legend(fontsize=8)
         name = f"latency_{workload}.png"
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, name), dpi=100)
-        plt.close(fig)
-        written.append(name)
+        written.append(save_figure(fig, out_dir, name))
     return written
 
 
