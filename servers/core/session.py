@@ -4,7 +4,8 @@ A :class:`Session` is one connection's protocol state. Drivers call
 :meth:`Session.received` with what they read, :meth:`Session.eof_received` when
 the peer stops sending, send what :meth:`Session.take_output` returns and report
 each byte that left with :meth:`Session.sent`. When :attr:`Session.closing` is
-true the driver stops reading, flushes the output and closes. Timeouts are asked
+true the driver stops reading, flushes the output and closes; a driver that must
+end a connection itself (a graceful stop) calls :meth:`Session.finish`. Timeouts are asked
 of :meth:`Session.deadline` and :meth:`Session.expired`.
 
 Backpressure is decided here, once for every driver: the session counts the
@@ -154,13 +155,21 @@ class Session(ABC):
 
     @property
     def closing(self) -> bool:
-        """The driver stops reading, sends what is left and closes: set once no more
-        will be answered, true once every pending response exists."""
+        """The driver stops reading, sends what is left and closes: true once
+        :meth:`finish` was called (or the protocol ended the connection) and every
+        pending response exists."""
         return self._closing and not self._order
 
     @closing.setter
     def closing(self, value: bool) -> None:
+        # Assigning True is finish(); drivers call finish().
         self._closing = value
+
+    def finish(self) -> None:
+        """Finish the response in flight, then close: nothing more is read or
+        answered; what is produced (and what pending backend calls will produce)
+        still leaves, and then :attr:`closing` tells the driver to close."""
+        self._closing = True
 
     @property
     def blocked(self) -> bool:
@@ -197,14 +206,14 @@ class Session(ABC):
             if used < len(view) and not self._closing:
                 self._held = bytearray(view[used:])
         if self._eof and not self._held:
-            self.closing = True
+            self._closing = True
         return used > 0
 
     def eof_received(self, now: float) -> None:
         """The peer shut down its sending side: what it sent is still answered."""
         self._eof = True
         if not self._held:
-            self.closing = True
+            self._closing = True
 
     # -- backend calls -----------------------------------------------------------------
 
@@ -243,7 +252,7 @@ class Session(ABC):
         if self._held:
             self.resume(now)
         elif self._eof:
-            self.closing = True
+            self._closing = True
 
     def _await_backend(self, call: BackendCall,
                        finish: Callable[[list[object] | None], None]) -> None:

@@ -298,7 +298,7 @@ class CoreProtocol(asyncio.BufferedProtocol):
     def stop(self) -> None:
         """Graceful stop: close now if idle, else after the response in flight."""
         assert self.transport is not None and self.session is not None
-        self.session.closing = True
+        self.session.finish()
         idle = self.file_task is None and not self.queue and not self.awaiting
         if idle and self.transport.get_write_buffer_size() == 0:
             self.transport.close()

@@ -196,7 +196,7 @@ class ReadinessLoop:
         self.listener.close()
         for conn in list(self.conns.values()):
             if conn.out or conn.session.awaiting_backend:
-                conn.session.closing = True  # finish the response in flight, then close
+                conn.session.finish()
                 self._set_reading(conn, False)
             else:
                 self._close(conn)
