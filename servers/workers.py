@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import select
-import signal
 import socket
 import sys
 import time
 
 from servers.backend import Backend
+from servers.children import Children
 from servers.listener import announce, open_listener
 from servers.settings import Settings
 from servers.stop import StopSignal
@@ -62,7 +62,7 @@ def supervise(backend: Backend, settings: Settings, stop: StopSignal,
     port = anchor.getsockname()[1]
     shared = anchor if shared_mode else None
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    children: set[int] = set()
+    children = Children()
 
     def spawn() -> None:
         pid = os.fork()
@@ -79,56 +79,20 @@ def supervise(backend: Backend, settings: Settings, stop: StopSignal,
         readable, _, _ = select.select([ready_r, stop], [], [], 0.2)
         if ready_r in readable:
             ready += len(os.read(ready_r, 64))
-        _reap(children)
+        children.reap()
     if ready < settings.workers and not stop.is_set():
         print(f"{backend.name}: only {ready} of {settings.workers} workers started",
               file=sys.stderr)
-        _stop_children(children)
+        children.stop(_STOP_TIMEOUT)
         sys.exit(1)
     announce(settings.host, port)
     while not stop.is_set():
         readable, _, _ = select.select([stop, ready_r], [], [], 0.1)
         if ready_r in readable:  # a replacement worker says it listens
             os.read(ready_r, 64)
-        for _ in range(len(_reap(children))):
+        for _ in range(children.reap()):
             if not stop.is_set():
                 spawn()
-    _stop_children(children)
+    children.stop(_STOP_TIMEOUT)
     anchor.close()
 
-
-def _reap(children: set[int]) -> list[int]:
-    """Collect exited workers without blocking; return their pids."""
-    gone = []
-    while children:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            children.clear()
-            break
-        if pid == 0:
-            break
-        children.discard(pid)
-        gone.append(pid)
-    return gone
-
-
-def _stop_children(children: set[int]) -> None:
-    for pid in children:
-        _kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_TIMEOUT
-    while children and time.monotonic() < deadline:
-        _reap(children)
-        time.sleep(0.01)
-    for pid in children:
-        _kill(pid, signal.SIGKILL)
-    while children:
-        pid, _ = os.waitpid(-1, 0)
-        children.discard(pid)
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
