@@ -15,20 +15,20 @@ from __future__ import annotations
 import argparse
 import socket
 
-from servers.backend import Backend
 from servers.cli import main
-from servers.core import session_factory
 from servers.drivers.accepting import AcceptBackoff
-from servers.drivers.blocking import ConnectionSet, serve_connection
+from servers.drivers.blocking_runner import BlockingModel, BlockingRunner
 from servers.settings import Settings
 from servers.stop import StopSignal
 
 
-class Gevent(Backend):
+class Gevent(BlockingModel):
     """gevent StreamServer: greenlets on a libev hub, the blocking driver in each."""
 
     name = "gevent"
-    guestbook = True
+
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return False  # gevent's sendfile is read+send
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
@@ -36,16 +36,13 @@ class Gevent(Backend):
         import gevent.server
         import gevent.socket
 
-        new_session = session_factory(settings)
-        conns = ConnectionSet()
+        # A greenlet per connection, with its own (cooperative) Redis connection if its
+        # client calls one; greenlets left after the grace are killed.
+        runner = BlockingRunner(settings, stop, sends_heed_stop=False)
 
         def handle(sock: socket.socket, address: object) -> None:
-            conns.add(sock)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                serve_connection(sock, new_session, settings)
-            finally:
-                conns.discard(sock)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            runner.serve(sock)
 
         listener.setblocking(False)  # StreamServer never accepts on a blocking listener
         # An unbounded pool, only so that stop() can wait for (and then kill) the handlers.
@@ -55,8 +52,7 @@ class Gevent(Backend):
         try:
             gevent.socket.wait_read(stop.fileno())
         finally:
-            server.close()  # stop accepting
-            conns.stop_all()  # idle greenlets see end-of-file; busy ones finish
+            server.close()  # stop accepting; the stop already ended idle connections
             pool.join(timeout=settings.shutdown_grace)
             # What is still running after the grace is abandoned, not waited for (as
             # StreamServer.stop would, up to one more second): the process exits now.

@@ -38,10 +38,8 @@ import sys
 import threading
 import time
 
-from servers.backend import Backend
 from servers.cli import main
-from servers.core import session_factory
-from servers.drivers.blocking import ConnectionSet, accept_until_stopped, serve_connection
+from servers.drivers.blocking_runner import BlockingModel, BlockingRunner, accept_until_stopped
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -58,35 +56,30 @@ def fit_switch_interval(threads: int, shortest: float) -> None:
                               max(shortest, threads / _THREADS_PER_SECOND)))
 
 
-class Threaded(Backend):
+class Threaded(BlockingModel):
     """A thread per connection: simple, and limited by threads and memory."""
 
     name = "threaded"
-    guestbook = True
     workers_mode = None
-
-    def can_sendfile(self, options: argparse.Namespace) -> bool:
-        return True
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
-        new_session = session_factory(settings)
-        conns = ConnectionSet()
+        # Each thread opens its own Redis connection if its client calls one; a stop
+        # leaves the threads that do not finish within the grace to the process's exit.
+        runner = BlockingRunner(settings, stop, sends_heed_stop=False)
         running: set[_thread.LockType] = set()  # one lock per thread, held while it runs
         threading.stack_size(_THREAD_STACK)
         shortest = sys.getswitchinterval()
 
         def run(sock: socket.socket, done: _thread.LockType) -> None:
             try:
-                serve_connection(sock, new_session, settings)
+                runner.serve(sock)
             finally:
-                conns.discard(sock)
                 running.discard(done)
                 fit_switch_interval(len(running), shortest)
                 done.release()
 
         def handle(sock: socket.socket) -> None:
-            conns.add(sock)
             done = _thread.allocate_lock()
             done.acquire()
             running.add(done)
@@ -95,7 +88,6 @@ class Threaded(Backend):
 
         accept_until_stopped(listener, stop, handle)
         listener.close()
-        conns.stop_all()
         deadline = time.monotonic() + settings.shutdown_grace
         for done in list(running):
             if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):

@@ -5,10 +5,10 @@ read what we send makes no progress for ``idle_timeout`` and is dropped, so a
 blocked thread never waits forever. Sending everything before reading again is
 this model's backpressure, and the session parses no further than the write
 high-water mark past what was sent, so memory per connection is bounded by the
-mark plus one response whatever one read held. Descriptor shortage at accept is
-handled by :class:`servers.drivers.accepting.AcceptBackoff`. A backend call (the
-guestbook's Redis) blocks the worker on its own Redis connection
-(:mod:`servers.drivers.blocking_backend`).
+mark plus one response whatever one read held. A backend call (the guestbook's
+Redis) blocks the worker on its own Redis connection
+(:mod:`servers.drivers.blocking_backend`). Accepting, and what every blocking model
+does around a connection, is :mod:`servers.drivers.blocking_runner`'s.
 
 How a call waits at most so long is :class:`_Timer`'s: a stdlib socket stays in
 blocking mode under kernel timeouts (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), because
@@ -19,100 +19,17 @@ send: four system calls a request more than the model needs. Other sockets
 
 from __future__ import annotations
 
-import os
-import select
 import socket
 import struct
 import time
 from collections.abc import Callable
 
 from servers.core import FileSlice, Session, Write
-from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.blocking_backend import BackendUnavailable, BlockingBackend
 from servers.settings import Settings
 from servers.stop import StopSignal
 
 _SEND_CHUNK = 1 << 20
-
-
-class ConnectionSet:
-    """The open connections of a process, so a graceful stop can end the idle ones.
-
-    Stopping shuts down the read side of every connection: a worker blocked in
-    recv sees end-of-file and finishes; one in the middle of a response sends it
-    first. New connections added after the stop are shut down at once.
-
-    No lock: set operations and the snapshot are atomic under the GIL, and
-    :meth:`stop_all` may run inside a signal handler that interrupted :meth:`add`.
-    """
-
-    def __init__(self) -> None:
-        self._socks: set[socket.socket] = set()
-        self._stopped = False
-
-    def add(self, sock: socket.socket) -> None:
-        self._socks.add(sock)
-        if self._stopped:
-            _shutdown_read(sock)
-
-    def discard(self, sock: socket.socket) -> None:
-        self._socks.discard(sock)
-
-    def __len__(self) -> int:
-        return len(self._socks)
-
-    def stop_all(self) -> None:
-        self._stopped = True
-        for sock in list(self._socks):
-            _shutdown_read(sock)
-
-
-def _shutdown_read(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RD)
-    except OSError:
-        pass
-
-
-def accept_until_stopped(listener: socket.socket, stop: StopSignal,
-                         handle: Callable[[socket.socket], None]) -> None:
-    """Accept connections and pass each, blocking, to ``handle`` until stop is set."""
-    listener.setblocking(False)
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    poller.register(stop, select.POLLIN)
-    backoff = AcceptBackoff()
-    while not stop.is_set():
-        ready = poller.poll()
-        if stop.is_set():
-            break
-        if any(fd == stop.fileno() for fd, _ in ready):
-            # Woken by another signal through the wakeup fd (SIGCHLD in forking): drain
-            # it, or poll would report it forever. A real stop writes its own byte.
-            _drain(stop.fileno())
-            continue
-        try:
-            sock, _ = listener.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            continue
-        except OSError as exc:
-            pause = backoff.failed(exc)
-            if pause is None:
-                raise
-            stop.wait(pause)
-            continue
-        backoff.succeeded()
-        sock.setblocking(True)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        handle(sock)
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 256):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
 
 
 def serve_connection(
