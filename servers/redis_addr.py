@@ -31,10 +31,12 @@ class RedisAddr:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         return family, (self.host, self.port)
 
-    def connect(self, timeout: float | None = 5.0) -> socket.socket:
-        """A connected blocking socket (TCP_NODELAY on TCP)."""
+    def connect(self, timeout: float | None = 5.0,
+                socket_class: type[socket.socket] = socket.socket) -> socket.socket:
+        """A connected blocking socket (TCP_NODELAY on TCP), of ``socket_class`` (gevent's
+        cooperative one, for a greenlet)."""
         family, address = self.socket_args()
-        s = socket.socket(family, socket.SOCK_STREAM)
+        s = socket_class(family, socket.SOCK_STREAM)
         try:
             s.settimeout(timeout)
             s.connect(address)

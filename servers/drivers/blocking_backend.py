@@ -69,17 +69,7 @@ class BlockingBackend:
 
     def _connected(self) -> socket.socket:
         if self._sock is None:
-            family, address = self.addr.socket_args()
-            sock = self._socket_class(family, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(CONNECT_TIMEOUT)
-                sock.connect(address)
-                if family != socket.AF_UNIX:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                sock.close()
-                raise
-            self._sock = sock
+            self._sock = self.addr.connect(CONNECT_TIMEOUT, self._socket_class)
             self._reader = ReplyReader()
         return self._sock
 
