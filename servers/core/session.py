@@ -95,10 +95,11 @@ class FileSlice:
         """Read up to ``limit`` bytes at the current offset (for drivers without sendfile)."""
         return os.pread(self.fileno(), min(limit, self.count), self.offset)
 
-    def send_some(self, fd: int, limit: int, use_sendfile: bool) -> int:
-        """Move up to ``limit`` bytes to the non-blocking socket ``fd``, by sendfile(2)
-        or by read+write; advance and return how many left. BlockingIOError when the
-        socket is full; ConnectionError when the file ends early."""
+    def write_some(self, fd: int, limit: int, use_sendfile: bool) -> int:
+        """Move up to ``limit`` bytes from the current offset to the non-blocking socket
+        ``fd``, by sendfile(2) or by read+write, and return how many left (the caller
+        advances). BlockingIOError when the socket is full; ConnectionError when the
+        file ends early."""
         if use_sendfile:
             sent = os.sendfile(fd, self.fileno(), self.offset, min(limit, self.count))
         else:
@@ -106,6 +107,11 @@ class FileSlice:
             sent = os.write(fd, data) if data else 0  # the unsent rest is read again
         if sent == 0:
             raise ConnectionError("file shrank while being sent")
+        return sent
+
+    def send_some(self, fd: int, limit: int, use_sendfile: bool) -> int:
+        """:meth:`write_some`, then advance past what left."""
+        sent = self.write_some(fd, limit, use_sendfile)
         self.advance(sent)
         return sent
 

@@ -1,11 +1,15 @@
 """The core behind an ``asyncio.BufferedProtocol``: for the stdlib loop and uvloop.
 
-The loop reads straight into a buffer the server owns (no bytes object per
-read, which is what makes a plain ``asyncio.Protocol`` slow), the core copies
-what it keeps. Bytes handed to the transport count as sent for the session;
-the transport's write buffer limits are the high-water mark: while the session
-holds input or the transport has paused writing, reading from that peer is
-paused, and the session parses what it held once the transport drains. Files
+Each protocol object is a :class:`~servers.drivers.connection.Connection`: the
+session, output queue and life cycle (backpressure, finishing, lingering,
+expiry, stop) are that shared layer's; this adapter only moves bytes the
+asyncio way and keeps a timer per connection. The loop reads straight into a
+buffer the server owns (no bytes object per read, which is what makes a plain
+``asyncio.Protocol`` slow), the core copies what it keeps. Bytes handed to the
+transport count as sent for the session; the transport's write buffer limits
+are the high-water mark: while it has paused writing the connection is
+``throttled``, so reading from that peer is paused, and the session parses what
+it held once the transport drains. Files
 are sent with ``loop.sendfile`` on the stdlib loop (a real sendfile) and by
 read-and-write paced by flow control on uvloop, which has none; output queued
 behind a file waits for it.
@@ -36,12 +40,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections import deque
 
-from servers.core import FileSlice, Session, Write, session_factory
+from servers.core import FileSlice, session_factory
 from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.aio_backend import AioBackend
+from servers.drivers.connection import Connection
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -65,20 +69,18 @@ class _Server:
         self.native_sendfile = isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
 
 
-class CoreProtocol(asyncio.BufferedProtocol):
+class CoreProtocol(Connection, asyncio.BufferedProtocol):
     """One connection: buffer in, core, transport out."""
 
     def __init__(self, server: _Server) -> None:
+        super().__init__(server.new_session(time.monotonic()), server.settings,
+                         server.backend is not None)
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.session: Session | None = None
-        self.queue: deque[Write] = deque()
         self.file_task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0  # the monotonic deadline the timer is armed for
-        self.read_paused = False
-        self.finished = False
         self.drained: asyncio.Future[None] | None = None
         self.awaiting = False  # a backend call of ours is in the pool
 
@@ -86,15 +88,13 @@ class CoreProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        settings = self.server.settings
-        transport.set_write_buffer_limits(high=settings.write_high_water)
+        transport.set_write_buffer_limits(high=self.settings.write_high_water)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.session = self.server.new_session(time.monotonic())
         self.server.connections.add(self)
         if self.server.stopping:
             self.transport.close()
@@ -105,78 +105,92 @@ class CoreProtocol(asyncio.BufferedProtocol):
         return self.server.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        session = self.session
-        assert session is not None
+        if self.lingering:
+            if self.lingered(nbytes):
+                self._close()
+            return
         now = time.monotonic()
-        session.received(self.server.view[:nbytes], now)
-        self._pump(now)
+        self.session.received(self.server.view[:nbytes], now)
+        self.pump(now)
         self._rearm_if_sooner()
 
     def eof_received(self) -> bool:
-        assert self.session is not None
-        self.session.eof_received(time.monotonic())
-        self._pump()
+        self.eof(time.monotonic())
         return True  # keep the transport open until our output is written
 
     def pause_writing(self) -> None:
         self.drained = self.loop.create_future()
-        self._pause_reading(True)
+        self.throttled = self.in_flight = True
+        if self.reading:
+            self._interest(False, self.writing)
 
     def resume_writing(self) -> None:
         if self.drained is not None:
             self.drained.set_result(None)
             self.drained = None
-        if self.session is not None and self.transport is not None and not self.finished:
-            self._pump()
+        self.throttled = False
+        self.in_flight = self.file_task is not None
+        if self.transport is not None and not self.closed:
+            self.pump(time.monotonic())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.finished = True
+        self.closed = True
         if self.timer is not None:
             self.timer.cancel()
         if self.file_task is not None:
             self.file_task.cancel()
+            self.out.popleft()  # the task's slice: the task closes it when it ends
         if self.awaiting:
             assert self.server.backend is not None
             self.server.backend.cancel(self)  # its client is gone: drop the answer
             self.awaiting = False
-        for item in self.queue:
-            if isinstance(item, FileSlice):
-                item.close()
-        self.queue.clear()
+        self.out.clear()
         server = self.server
         server.connections.discard(self)
         if server.stopping and not server.connections and server.all_closed is not None:
             server.all_closed.set()
 
-    # -- output ------------------------------------------------------------------------
+    # -- the connection layer's hooks --------------------------------------------------
 
-    def _pump(self, now: float | None = None) -> None:
-        """Write what the session produced, parse what it held once that is out, hand
-        its backend call to the pool, and pause or resume reading. ``now``: the time
-        of the callback, if it read the clock already."""
-        session, transport = self.session, self.transport
-        assert session is not None and transport is not None
-        if now is None:
-            now = time.monotonic()
-        while True:
-            self.queue.extend(session.take_output())
-            if self.file_task is None:
-                self._write_queue(now)
-            if (self.queue or self.file_task is not None or self.drained is not None
-                    or not session.paused or not session.resume(time.monotonic())):
-                break
-        if not self.awaiting:
-            call = session.take_backend_call()
-            if call is not None:
-                self._perform(call)
-        if session.closing:
-            self._pause_reading(True)
-            if self.file_task is None and not self.queue:
-                self._close_after_flush()
+    def _write(self, now: float) -> None:
+        """Hand the queued bytes to the transport (they count as sent: it paces itself);
+        a file goes to a task of its own, and what follows it waits."""
+        if self.file_task is not None:
+            return
+        transport, session, out = self.transport, self.session, self.out
+        assert transport is not None
+        while out:
+            item = out[0]
+            if isinstance(item, FileSlice):
+                self.in_flight = True
+                self.file_task = self.loop.create_task(self._send_file(item))
+                return
+            out.popleft()
+            transport.write(item)
+            session.sent(len(item), now)
+
+    def _interest(self, reading: bool, writing: bool) -> None:
+        self.writing = writing  # the transport writes by itself
+        transport = self.transport
+        if reading == self.reading or transport is None or transport.is_closing():
+            return
+        self.reading = reading
+        if reading:
+            transport.resume_reading()
         else:
-            self._pause_reading(not session.wants_input or self.drained is not None)
+            transport.pause_reading()
 
-    # -- backend calls -----------------------------------------------------------------
+    def _half_close(self) -> bool:
+        transport = self.transport
+        assert transport is not None
+        if not transport.can_write_eof():
+            return False
+        transport.write_eof()
+        return True
+
+    def _close(self) -> None:
+        assert self.transport is not None
+        self.transport.close()  # what the transport still holds is written first
 
     def _perform(self, call: BackendCall) -> None:
         backend = self.server.backend
@@ -184,39 +198,39 @@ class CoreProtocol(asyncio.BufferedProtocol):
         self.awaiting = True
         backend.perform(self, call)
 
+    def finish(self, now: float, eof: bool = False) -> None:
+        super().finish(now, eof)
+        if self.lingering:
+            self._rearm_if_sooner()
+
+    # -- backend calls -----------------------------------------------------------------
+
     def backend_done(self, replies: list[object] | None) -> None:
         """The pool's answer to our call: replies, or None when Redis could not answer."""
         self.awaiting = False
         session, transport = self.session, self.transport
-        assert session is not None and transport is not None
-        if transport.is_closing():
+        assert transport is not None
+        if self.closed or transport.is_closing():
             return  # aborted (timeout, stop): connection_lost follows
+        now = time.monotonic()
         if replies is None:
-            session.backend_failed(time.monotonic())
+            session.backend_failed(now)
         else:
-            session.backend_replied(replies, time.monotonic())
-        self._pump()
+            session.backend_replied(replies, now)
+        self.pump(now)
         self._rearm_if_sooner()  # held input parsed: a request head may have begun
 
-    def _write_queue(self, now: float) -> None:
-        transport, session = self.transport, self.session
-        assert transport is not None and session is not None
-        while self.queue:
-            item = self.queue.popleft()
-            if isinstance(item, FileSlice):
-                self.file_task = self.loop.create_task(self._send_file(item))
-                return
-            transport.write(item)
-            session.sent(len(item), now)
+    # -- files -------------------------------------------------------------------------
 
     async def _send_file(self, item: FileSlice) -> None:
         transport = self.transport
-        assert transport is not None and self.session is not None
+        assert transport is not None
         count = item.count
         try:
-            if self.server.native_sendfile and self.server.settings.sendfile:
-                await self.loop.sendfile(transport, item.open(), item.offset, item.count,
+            if self.server.native_sendfile and self.settings.sendfile:
+                await self.loop.sendfile(transport, item.open(), item.offset, count,
                                          fallback=False)
+                self.out.sent(count)
                 self.session.sent(count, time.monotonic())
             else:
                 await self._write_file(item)
@@ -226,84 +240,52 @@ class CoreProtocol(asyncio.BufferedProtocol):
         finally:
             item.close()
         self.file_task = None
-        self._pump()
+        self.in_flight = self.throttled
+        self.pump(time.monotonic())
 
     async def _write_file(self, item: FileSlice) -> None:
         """Read-and-write for loops without sendfile (uvloop), paced by flow control."""
-        assert self.transport is not None and self.session is not None
+        assert self.transport is not None
         while item.count > 0:
             if self.drained is not None:
                 await self.drained
             chunk = item.read_chunk(_FILE_CHUNK)
             if not chunk:
                 raise ConnectionError("file shrank while being sent")
-            item.advance(len(chunk))
+            self.out.sent(len(chunk))
             self.transport.write(chunk)
             self.session.sent(len(chunk), time.monotonic())
-
-    def _close_after_flush(self) -> None:
-        assert self.transport is not None
-        if self.finished:
-            return
-        self.finished = True
-        if self.transport.can_write_eof():
-            # Half-close and let the peer finish: an immediate close with unread input
-            # would reset the connection and could destroy the last response.
-            self.transport.write_eof()
-            self._pause_reading(False)
-            self.loop.call_later(self.server.settings.linger_seconds, self.transport.close)
-        else:
-            self.transport.close()
-
-    def _pause_reading(self, paused: bool) -> None:
-        transport = self.transport
-        if transport is None or paused == self.read_paused or transport.is_closing():
-            return
-        self.read_paused = paused
-        if paused:
-            transport.pause_reading()
-        else:
-            transport.resume_reading()
 
     # -- timeouts ----------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        assert self.session is not None
         if not self.awaiting:
-            self.timer_at = self.session.deadline()
+            self.timer_at = self.deadline()
         else:  # a client waiting for its backend answer is not idle: look again later
-            self.timer_at = time.monotonic() + self.server.settings.idle_timeout
+            self.timer_at = time.monotonic() + self.settings.idle_timeout
         self.timer = self.loop.call_at(self._loop_time(self.timer_at), self._on_timer)
 
     def _rearm_if_sooner(self) -> None:
-        timer, session = self.timer, self.session
-        assert session is not None
-        if timer is not None and session.deadline() < self.timer_at and not self.finished:
-            timer.cancel()  # a request head began: its deadline comes before the idle one
+        timer = self.timer
+        if timer is not None and self.deadline() < self.timer_at and not self.closed:
+            timer.cancel()  # a request head began, or a linger: sooner than the idle one
             self._arm_timer()
 
     def _loop_time(self, monotonic_deadline: float) -> float:
         return self.loop.time() + (monotonic_deadline - time.monotonic())
 
     def _on_timer(self) -> None:
-        assert self.session is not None and self.transport is not None
-        if self.finished:
-            self.transport.close()
-        elif (self.session.expired(time.monotonic()) and self.file_task is None
-              and not self.awaiting):
-            self.transport.abort()
+        transport = self.transport
+        assert transport is not None
+        if self.closed:
+            return
+        if self.expired(time.monotonic()) and self.file_task is None and not self.awaiting:
+            if self.lingering:
+                transport.close()
+            else:
+                transport.abort()
         else:
             self._arm_timer()
-
-    def stop(self) -> None:
-        """Graceful stop: close now if idle, else after the response in flight."""
-        assert self.transport is not None and self.session is not None
-        self.session.finish()
-        idle = self.file_task is None and not self.queue and not self.awaiting
-        if idle and self.transport.get_write_buffer_size() == 0:
-            self.transport.close()
-        else:
-            self._pump()
 
 
 class _Acceptor:
@@ -375,8 +357,10 @@ async def serve_listener(listener: socket.socket, settings: Settings, stop: Stop
     acceptor.close()
     state.stopping = True
     state.all_closed = asyncio.Event()
+    now = time.monotonic()
     for conn in list(state.connections):
-        conn.stop()
+        if conn.stop(now):
+            conn._close()
     if state.connections:
         try:
             await asyncio.wait_for(state.all_closed.wait(), settings.shutdown_grace)

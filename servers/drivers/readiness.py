@@ -1,11 +1,11 @@
 """One non-blocking readiness loop, any poller: the engine of select, poll and epoll.
 
-Every connection is a non-blocking socket with a session and an output queue.
-Reads go into one buffer the loop owns (the core copies what it keeps). Output
-is written as far as the socket takes it; the session stops parsing past the
-write high-water mark and the loop stops reading from that peer until the
-output drains, then lets the session parse what it held, so a client that never
-reads costs bounded memory. Under edge triggering the loop reads (until a short
+Every connection is a non-blocking socket with a
+:class:`~servers.drivers.connection.Connection`: its session, output queue and
+life cycle (backpressure, finishing, lingering, expiry, stop) are that shared
+layer's; this loop only waits on the poller and moves bytes. Reads go into one
+buffer the loop owns (the core copies what it keeps); output is written as far
+as the socket takes it. Under edge triggering the loop reads (until a short
 read), writes and accepts until EAGAIN and remembers a paused reader, since no
 new edge will come for it. When accept runs out of descriptors the listener is
 left alone for a pause (:class:`servers.drivers.accepting.AcceptBackoff`).
@@ -30,11 +30,12 @@ import os
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 
 from servers.core import FileSlice, Session, session_factory
+from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import AcceptBackoff
+from servers.drivers.connection import Connection
 from servers.drivers.pollers import Poller
 from servers.drivers.redis_connect import RETRY_S, unix_connect
 from servers.drivers.redis_pool import Link, RedisPool
@@ -44,22 +45,62 @@ from servers.stop import StopSignal
 _ACCEPT_BATCH = 64
 _SENDFILE_CHUNK = 1 << 20
 
-Pending = bytes | memoryview | FileSlice
 
+class _Conn(Connection):
+    """A client socket: written until EAGAIN, interest set in the loop's poller."""
 
-class _Conn:
-    __slots__ = ("sock", "fd", "session", "out", "reading", "writing", "lingering",
-                 "linger_until")
+    __slots__ = ("sock", "fd", "loop")
 
-    def __init__(self, sock: socket.socket, session: Session) -> None:
+    def __init__(self, sock: socket.socket, session: Session, loop: ReadinessLoop) -> None:
+        super().__init__(session, loop.settings, loop.pool is not None)
         self.sock = sock
         self.fd = sock.fileno()
-        self.session = session
-        self.out: deque[Pending] = deque()
-        self.reading = True
-        self.writing = False
-        self.lingering = False
-        self.linger_until = 0.0
+        self.loop = loop
+
+    def _write(self, now: float) -> None:
+        sock, out, session = self.sock, self.out, self.session
+        try:
+            while out:
+                item = out[0]
+                if isinstance(item, FileSlice):
+                    sent = item.write_some(self.fd, _SENDFILE_CHUNK, self.settings.sendfile)
+                    out.sent(sent)
+                else:
+                    sent = sock.send(item)
+                    if sent == len(item):
+                        out.popleft()
+                    else:
+                        out.sent(sent)
+                session.sent(sent, now)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.loop._close(self)
+
+    def _interest(self, reading: bool, writing: bool) -> None:
+        if self.closed:
+            return
+        loop = self.loop
+        if reading and not self.reading and loop._edge:
+            loop._again.append(self)  # what arrived meanwhile raised no new edge
+        self.reading = reading
+        self.writing = writing
+        loop.poller.modify(self.fd, reading, writing)
+
+    def _half_close(self) -> bool:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
+    def _close(self) -> None:
+        self.loop._close(self)
+
+    def _perform(self, call: BackendCall) -> None:
+        loop = self.loop
+        assert loop.pool is not None
+        loop.pool.submit(self, call, loop.clock())
 
 
 class _RedisSocket:
@@ -150,15 +191,15 @@ class ReadinessLoop:
                                 self._link_event(link, readable, writable, hangup)
                             continue
                         if writable:
-                            self._pump(conn)
-                        if readable and self.conns.get(fd) is conn:
+                            conn.pump(self._now)
+                        if readable and not conn.closed:
                             self._read(conn, hangup)
                 if self._accept_again and not self._stopping:
                     self._accept()
                 if self._again:
                     again, self._again = self._again, []
                     for conn in again:
-                        if self.conns.get(conn.fd) is conn:
+                        if not conn.closed:
                             self._read(conn)
                 now = self.clock()
                 if self._connect_retry and now >= self._connect_retry_at:
@@ -194,11 +235,9 @@ class ReadinessLoop:
             self.poller.unregister(self.listener.fileno())
         self._accept_paused_until = 0.0
         self.listener.close()
+        now = self.clock()
         for conn in list(self.conns.values()):
-            if conn.out or conn.session.awaiting_backend:
-                conn.session.finish()
-                self._set_reading(conn, False)
-            else:
+            if conn.stop(now):
                 self._close(conn)
 
     # -- accepting ---------------------------------------------------------------------
@@ -231,7 +270,7 @@ class ReadinessLoop:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, self.new_session(self.clock()))
+            conn = _Conn(sock, self.new_session(self.clock()), self)
             self.conns[conn.fd] = conn
             self.poller.register(conn.fd, True, False)
         self._accept_again = self._edge  # more may wait, and no new edge would say so
@@ -269,13 +308,11 @@ class ReadinessLoop:
                 self._close(conn)
                 return
             if n == 0:
-                conn.session.eof_received(self._now)
-                conn.lingering = False
-                self._pump(conn, eof=True)
+                conn.eof(self._now)
                 return
             conn.session.received(view[:n], self._now)
-            self._pump(conn)
-            if not self._edge or (n < len(self._buf) and not hangup):
+            conn.pump(self._now)
+            if not self._edge or (n < len(self._buf) and not hangup) or conn.closed:
                 # Level-triggered: the poller will say if more is waiting. Edge-triggered:
                 # a short read means the receive queue was empty, and data arriving later
                 # raises a new edge, so the recv that would only return EAGAIN is skipped;
@@ -284,6 +321,8 @@ class ReadinessLoop:
                 return
 
     def _drain_lingering(self, conn: _Conn) -> None:
+        """Read and drop what the peer still sends; close at its end of stream or once
+        the linger has taken all it may (which bounds this loop)."""
         while True:
             try:
                 n = conn.sock.recv_into(self._buf)
@@ -291,103 +330,23 @@ class ReadinessLoop:
                 return
             except OSError:
                 n = 0
-            if n == 0:
+            if n == 0 or conn.lingered(n):
                 self._close(conn)
                 return
 
-    # -- writing -----------------------------------------------------------------------
-
-    def _pump(self, conn: _Conn, eof: bool = False) -> None:
-        """Move the session's output to the queue and write what the socket takes; when
-        all is out, let the session parse what it held. Then set interest, or finish."""
-        session, out = conn.session, conn.out
-        while True:
-            out.extend(session.take_output())
-            if out and not self._flush(conn):
-                return  # closed
-            if out or not session.paused or not session.resume(self.clock()):
-                break
-        if self.pool is not None:
-            call = session.take_backend_call()
-            if call is not None:
-                self.pool.submit(conn, call, self.clock())
-        if out:
-            self._set_writing(conn, True)
-            self._set_reading(conn, session.wants_input)
-        elif session.closing:
-            self._set_writing(conn, False)
-            self._finish(conn, eof)
-        else:
-            if conn.writing:
-                self._set_writing(conn, False)
-            if conn.reading != session.wants_input:
-                self._set_reading(conn, not conn.reading)
-
-    def _flush(self, conn: _Conn) -> bool:
-        """Write the queue until the socket is full; False if the connection was closed."""
-        sock, out, session = conn.sock, conn.out, conn.session
-        try:
-            while out:
-                item = out[0]
-                if isinstance(item, FileSlice):
-                    sent = item.send_some(conn.fd, _SENDFILE_CHUNK, self.settings.sendfile)
-                    if item.count == 0:
-                        item.close()
-                        out.popleft()
-                else:
-                    sent = sock.send(item)
-                    if sent < len(item):
-                        out[0] = memoryview(item)[sent:]
-                    else:
-                        out.popleft()
-                session.sent(sent, self._now)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self._close(conn)
-            return False
-        return True
-
-    def _finish(self, conn: _Conn, eof: bool) -> None:
-        """All output is out and the session is done: close, lingering if the peer may
-        still send (closing with unread input would reset the last response)."""
-        if eof or self._stopping:
-            self._close(conn)
-            return
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(conn)
-            return
-        conn.lingering = True
-        conn.linger_until = self.clock() + self.settings.linger_seconds
-        self._set_reading(conn, True)
-        self._drain_lingering(conn)
-
-    # -- interest and teardown ---------------------------------------------------------
-
-    def _set_reading(self, conn: _Conn, reading: bool) -> None:
-        if conn.reading != reading and conn.fd in self.conns:
-            conn.reading = reading
-            self.poller.modify(conn.fd, reading, conn.writing)
-            if reading and self._edge:
-                self._again.append(conn)  # what arrived meanwhile raised no new edge
-
-    def _set_writing(self, conn: _Conn, writing: bool) -> None:
-        if conn.writing != writing and conn.fd in self.conns:
-            conn.writing = writing
-            self.poller.modify(conn.fd, conn.reading, writing)
+    # -- timeouts and teardown ---------------------------------------------------------
 
     def _expire(self, now: float) -> None:
+        # A client waiting for its backend call is not expired: its session's deadline
+        # is infinite meanwhile (the pool bounds the call).
         for conn in list(self.conns.values()):
-            if conn.lingering:
-                if now >= conn.linger_until:
-                    self._close(conn)
-            elif conn.session.expired(now) and not (self.pool is not None
-                                                    and self.pool.busy(conn)):
+            if conn.expired(now):
                 self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
         if self.pool is not None:
             self.pool.cancel(conn)
         if self.conns.get(conn.fd) is conn:
@@ -396,9 +355,6 @@ class ReadinessLoop:
                 self.poller.unregister(conn.fd)
             except (OSError, KeyError, ValueError):
                 pass
-        for item in conn.out:
-            if isinstance(item, FileSlice):
-                item.close()
         conn.out.clear()
         conn.sock.close()
 
@@ -412,13 +368,14 @@ class ReadinessLoop:
                           self._link_close)
 
     def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
-        if self.conns.get(conn.fd) is not conn:
+        if conn.closed:
             return  # gone meanwhile: the reply is dropped
+        now = self.clock()
         if replies is None:
-            conn.session.backend_failed(self.clock())
+            conn.session.backend_failed(now)
         else:
-            conn.session.backend_replied(replies, self.clock())
-        self._pump(conn)
+            conn.session.backend_replied(replies, now)
+        conn.pump(now)
 
     def _link_open(self, link: Link) -> None:
         """Start a non-blocking connect; a unix socket usually connects at once."""
