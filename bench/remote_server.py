@@ -5,10 +5,10 @@ command line (``ssh`` or ``ip netns exec``, :mod:`bench.remote`) and gives a
 :class:`RemoteServer`, what the runner needs of :class:`bench.runner.Server`.
 
 Server host side, :func:`serve` is a small wrapper: it starts the server with the
-runner's own :func:`bench.runner.start_server` (so the readiness line, the exit-status-3
-skip and the stop checks are the local ones), reports ``listening on HOST:PORT``, the
-server's pid and network namespace as a JSON line, and stops it (SIGTERM, then the
-runner's checks for leftovers) when the harness writes ``stop``. When its standard input
+runner's own :func:`bench.runner.start_server` (:mod:`bench.server_process`: the
+readiness line, the skip and the stop checks are the local ones), reports ``listening on
+HOST:PORT``, the server's pid and network namespace as a JSON line, and stops it
+(SIGTERM, then the checks for leftovers) when the harness writes ``stop``. When its standard input
 ends without ``stop`` (the SSH session was lost, the harness died), or on SIGHUP or
 SIGTERM, it stops the server all the same: nothing is left running. The file workload's
 ``--root`` is replaced by files generated on the server host.
@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from bench import runner
+from bench import runner, server_process
 
 SSH_EXTRA_S = 15.0  # on top of the server's readiness timeout: ssh log-in and Python start
 STOP_EXTRA_S = 10.0  # on top of the stop grace: the wrapper's answer over ssh
@@ -82,12 +82,7 @@ class RemoteServer:
             return None
 
     def stderr_tail(self, lines: int = 3) -> str:
-        try:
-            with open(self.stderr_path, "rb") as f:
-                text = f.read()[-4000:].decode(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+        return server_process.file_tail(self.stderr_path, lines)
 
     def alive(self) -> bool:
         return self._exit_code is None and self.proc.poll() is None
@@ -95,7 +90,7 @@ class RemoteServer:
     def exit_code(self) -> int | None:
         return self._exit_code
 
-    def stop(self, grace: float = runner.STOP_GRACE) -> str:
+    def stop(self, grace: float = server_process.STOP_GRACE) -> str:
         """SIGTERM through the channel; the wrapper's outcome (as the runner words it)."""
         outcome = None
         try:
@@ -198,7 +193,8 @@ def serve(spec: dict[str, Any]) -> int:
             if code is not None and not reported:
                 emit(event="exited", code=code)
                 reported = True
-        emit(event="stopped", outcome=server.stop(grace=spec.get("grace", runner.STOP_GRACE)))
+        grace = spec.get("grace", server_process.STOP_GRACE)
+        emit(event="stopped", outcome=server.stop(grace=grace))
     return 0
 
 

@@ -5,8 +5,9 @@ concurrency it
 
 1. starts the server through its registry argv (``python <argv> --proto P
    --port 0``) on the server's cores, and waits (bounded) for the readiness
-   line ``listening on HOST:PORT``; exit status 3 means "skipped" (a kernel
-   module that cannot be loaded here) and the server's one-line reason is kept;
+   line ``listening on HOST:PORT`` (:mod:`bench.server_process`); a server that
+   says this machine cannot run it (servers.backend.exit_unavailable: a kernel
+   module that cannot be loaded here, no io_uring) is "skipped" with its reason;
 2. starts the native load generator as a subprocess on the other cores
    (``python -m bench.loadgen ... --warmup W -d D --json``), with one client
    thread per client core;
@@ -34,22 +35,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
-from bench import metrics, stats
-from servers.backend import unavailable_reason
+from bench import metrics, server_process, stats
+from bench.server_process import StartFailure
+from bench.server_process import exit_text as _exit_text
 
 READY_TIMEOUT = 10.0
-STOP_GRACE = 2.0
 CLIENT_BOUND_UTIL = 0.9
 LOADGEN_START_S = 0.05  # no load generator connects sooner (python start-up)
 CONNECTED_TO_CLOCK_S = 0.02  # from its first connection to the start of its warm-up
@@ -185,98 +182,9 @@ def split_cpus() -> tuple[list[int], list[int]]:
     return cpus[:half], cpus[half:]
 
 
-def _pinned(argv: list[str], cpus: list[int] | None) -> list[str]:
-    if cpus and shutil.which("taskset"):
-        return ["taskset", "-c", ",".join(map(str, cpus)), *argv]
-    return argv
-
-
-class StartFailure(Exception):
-    """The server did not become ready; ``skipped`` when it exited with status 3."""
-
-    def __init__(self, reason: str, skipped: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.skipped = skipped
-
-
-@dataclass
-class Server:
-    """A started server process and where it listens."""
-
-    proc: subprocess.Popen[bytes]
-    host: str
-    port: int
-    stdout_path: str
-    stderr_path: str
-    descendants: list[psutil.Process] = field(default_factory=list)
-
-    def stderr_text(self) -> str:
-        """The end of what the server wrote on stderr (its last 4,000 bytes)."""
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read()[-4000:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stderr_tail(self, lines: int = 3) -> str:
-        text = self.stderr_text()
-        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def exit_code(self) -> int | None:
-        return self.proc.poll()
-
-    def stop(self, grace: float = STOP_GRACE) -> str:
-        """SIGTERM, wait ``grace`` s; return "clean" or what went wrong (tree killed)."""
-        self.descendants = metrics.tree(self.proc.pid)[1:]
-        if self.proc.poll() is not None:
-            outcome = _exit_text(self.proc.returncode, before_stop=True)
-        else:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(grace)
-                outcome = "clean" if code == 0 else _exit_text(code)
-            except subprocess.TimeoutExpired:
-                outcome = f"still running {grace:g} s after SIGTERM (killed)"
-        left = self._kill_leftovers()
-        if left and outcome == "clean":
-            outcome = f"{left} child process(es) left running after exit (killed)"
-        self._cleanup()
-        return outcome
-
-    def _kill_leftovers(self) -> int:
-        left = 0
-        procs = list(self.descendants)
-        if self.proc.poll() is None:
-            procs.append(psutil.Process(self.proc.pid))
-        for proc in procs:
-            try:
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    left += proc.pid != self.proc.pid
-                    proc.kill()
-            except psutil.Error:
-                pass
-        if self.proc.poll() is None:
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        return left
-
-    def _cleanup(self) -> None:
-        for path in (self.stdout_path, self.stderr_path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-
-
-def _exit_text(code: int, before_stop: bool = False) -> str:
-    what = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-    return f"exited on its own ({what})" if before_stop else what
+# A started server (bench.server_process); the taskset prefix the load generator shares.
+Server = server_process.ServerProcess
+_pinned = server_process.pinned
 
 
 def start_server(
@@ -292,50 +200,11 @@ def start_server(
     if settings.workers:
         argv += ["--workers", str(settings.workers)]
     argv += list(settings.server_args) + list(extra or [])
-    out_fd, out_path = tempfile.mkstemp(prefix="bench-srv-", suffix=".out")
-    err_fd, err_path = tempfile.mkstemp(prefix="bench-srv-", suffix=".err")
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
-    try:
-        proc = subprocess.Popen(
-            _pinned(argv, cpus), stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
-            cwd=REPO, env=env, start_new_session=True,
-        )
-    finally:
-        os.close(out_fd)
-        os.close(err_fd)
-    server = Server(proc, "", 0, out_path, err_path)
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        with open(out_path, "rb") as f:
-            first = f.readline()
-        if first.endswith(b"\n"):
-            text = first.decode(errors="replace").strip()
-            host, _, port = text.removeprefix("listening on ").rpartition(":")
-            if text.startswith("listening on ") and port.isdigit():
-                server.host = host.strip("[]")
-                server.port = int(port)
-                if server.host in ("0.0.0.0", "", "::"):
-                    server.host = "127.0.0.1"
-                return server
-            reason = f"unexpected readiness line {text[:80]!r}"
-            server.stop()
-            raise StartFailure(reason)
-        code = proc.poll()
-        if code is not None:
-            tail = server.stderr_tail(1) or "no message"
-            reason = unavailable_reason(code, server.stderr_text())
-            server.stop()
-            if reason is not None:
-                raise StartFailure(reason, skipped=True)
-            raise StartFailure(f"exited before ready ({_exit_text(code)}): {tail}")
-        if time.monotonic() > deadline:
-            tail = server.stderr_tail(1)
-            server.stop(grace=0.5)
-            why = f"not ready within {ready_timeout:g} s"
-            raise StartFailure(why + (f": {tail}" if tail else ""))
-        time.sleep(0.01)
+    return server_process.start(argv, ready_timeout=ready_timeout, cpus=cpus, cwd=REPO,
+                                env=env, name=f"bench-{target.name}")
 
 
 def loadgen_argv(

@@ -2,26 +2,26 @@
 
 ``running_server("epoll", "http")`` runs ``python -m servers.epoll_raw --proto
 http --port 0``, waits (bounded) for ``listening on HOST:PORT`` and yields a
-:class:`RunningServer`; leaving the block stops it with SIGTERM and checks that
-nothing of it is left behind.
+:class:`RunningServer`; leaving the block stops it with SIGTERM, kills what is left
+of it and removes its stderr file. Starting and stopping are
+:mod:`bench.server_process`'s, as in the harness.
 """
 
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import psutil
 
-from servers.backend import Unavailable, unavailable_reason
+from bench import server_process
+from bench.server_process import ServerProcess
+from servers.backend import Unavailable
 from servers.registry import BY_NAME, ENTRIES, Entry
 
 READY_TIMEOUT = 20.0
@@ -47,18 +47,37 @@ def ids(entries: list[Entry]) -> list[str]:
     return [e.name for e in entries]
 
 
-@dataclass
 class RunningServer:
-    entry: Entry
-    proc: subprocess.Popen[bytes]
-    host: str
-    port: int
-    stderr_path: str
-    descendants: list[psutil.Process] = field(default_factory=list)
+    """A registry entry's server started by :func:`bench.server_process.start`, with what
+    the tests ask of it."""
+
+    def __init__(self, entry: Entry, process: ServerProcess) -> None:
+        self.entry = entry
+        self.process = process
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
+
+    @property
+    def host(self) -> str:
+        return self.process.host
+
+    @property
+    def port(self) -> int:
+        return self.process.port
 
     @property
     def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
+        return self.process.address
+
+    @property
+    def descendants(self) -> list[psutil.Process]:
+        return self.process.descendants
+
+    @descendants.setter
+    def descendants(self, procs: list[psutil.Process]) -> None:
+        self.process.descendants = procs
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
         sock = socket.create_connection(self.address, timeout=timeout)
@@ -67,8 +86,7 @@ class RunningServer:
 
     def tree(self) -> list[psutil.Process]:
         """The server process and all its descendants, as alive now."""
-        root = psutil.Process(self.proc.pid)
-        return [root, *root.children(recursive=True)]
+        return self.process.tree()
 
     def rss(self) -> int:
         total = 0
@@ -80,86 +98,36 @@ class RunningServer:
         return total
 
     def stderr_text(self) -> str:
-        with open(self.stderr_path, "rb") as f:
-            return f.read().decode(errors="replace")
+        return self.process.stderr_text()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 2.0) -> int | None:
         """Signal the server; return its exit code, or None if it outlived ``timeout``."""
-        self.descendants = self.tree()[1:]
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return self.process.terminate(sig, timeout)
 
     def leftovers(self) -> list[psutil.Process]:
         """Descendants recorded at stop time that are still alive (zombies count as gone)."""
-        left = []
-        for proc in self.descendants:
-            try:
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    left.append(proc)
-            except psutil.NoSuchProcess:
-                pass
-        return left
+        return self.process.leftovers()
 
     def kill_all(self) -> None:
-        for proc in [*self.descendants]:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        if self.proc.poll() is None:
-            try:
-                for child in psutil.Process(self.proc.pid).children(recursive=True):
-                    child.kill()
-            except psutil.NoSuchProcess:
-                pass
-            self.proc.kill()
-            self.proc.wait(5)
+        self.process.kill_all()
 
 
 def start_server(entry: Entry | str, proto: str, *extra: str,
                  tmp_dir: str | None = None) -> RunningServer:
+    """Start ``entry``'s server (bounded); :class:`Unavailable` when it says this machine
+    cannot run it, RuntimeError with its stderr when it does not become ready."""
     if isinstance(entry, str):
         entry = BY_NAME[entry]
     argv = [sys.executable, *entry.argv, "--proto", proto, "--port", "0", *extra]
-    stderr_path = os.path.join(tmp_dir or "/tmp", f"tcpzoo-{entry.name}-{os.getpid()}-"
-                               f"{time.monotonic_ns()}.err")
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=REPO,
-                                start_new_session=True)
-    assert proc.stdout is not None
-    line = _read_line(proc, READY_TIMEOUT)
-    if not line.startswith("listening on "):
-        proc.kill()
-        code = proc.wait(5)
-        with open(stderr_path, "rb") as f:
-            err_text = f.read().decode(errors="replace")
-        reason = unavailable_reason(code, err_text)
-        if reason is not None:  # this machine cannot run it (e.g. no io_uring here)
-            raise Unavailable(reason)
-        raise RuntimeError(f"{entry.name} did not become ready: {line!r}; stderr: {err_text}")
-    host, _, port = line[len("listening on "):].rpartition(":")
-    return RunningServer(entry, proc, host, int(port), stderr_path)
-
-
-def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    data = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in data:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                return data.decode(errors="replace") + " (timed out)"
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return data.decode(errors="replace") + f" (exited {proc.wait(5)})"
-            data += chunk
-    return data.split(b"\n", 1)[0].decode()
+    try:
+        process = server_process.start(argv, ready_timeout=READY_TIMEOUT, cwd=REPO,
+                                       log_dir=tmp_dir, name=entry.name)
+    except server_process.StartFailure as exc:
+        if exc.skipped:  # this machine cannot run it (e.g. no io_uring here)
+            raise Unavailable(exc.reason) from None
+        raise RuntimeError(f"{entry.name} did not become ready: {exc.reason}; "
+                           f"stderr: {exc.stderr}") from None
+    return RunningServer(entry, process)
 
 
 @contextmanager
@@ -176,8 +144,6 @@ def running_server(entry: Entry | str, proto: str, *extra: str) -> Iterator[Runn
         yield server
     finally:
         if server.proc.poll() is None:
-            code = server.stop()
-            if code is None:
-                server.kill_all()
-        else:
-            server.kill_all()
+            server.stop()
+        server.kill_all()  # what outlived it, or it and its tree if it outlived SIGTERM
+        server.process.close()

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from bench import server_process
+from bench.server_process import ServerProcess
 from servers.backend import Unavailable
 from servers.kmod_launch import KMOD_DIR, free_port, load_module, unload_module
 
 __all__ = ["KMOD_DIR", "Unavailable", "free_port", "load_module", "unload_module"]
 
 MODULE_NAMES = ("kecho", "khttpd", "drop_tcp_sock")
+LAUNCH_TIMEOUT = 30.0  # module load under TCG included
 BAD_LOG = re.compile(r"Oops|BUG|WARNING|Call Trace|general protection|kernel BUG")
 
 
@@ -272,22 +275,28 @@ def poll_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05
         time.sleep(step)
 
 
-def launch(module: str, *extra: str, cpu: int | None = None) -> tuple[subprocess.Popen[str], int]:
-    """``servers.kmod_launch`` as the harness starts a kernel server (pinned with taskset
-    to ``cpu`` when given); returns the launcher and the port it announced."""
+def assert_serves(port: int, proto: str) -> None:
+    """One exchange with the kernel server on ``port``: an echo comes back whole, or the
+    page's status line is 200."""
+    with connect(port) as s:
+        if proto == "echo":
+            assert exchange(s, b"hi\0there", 8) == b"hi\0there"
+        else:
+            s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            ok = b"HTTP/1.1 200 OK\r\n"
+            assert read_exactly(s, len(ok)) == ok
+
+
+def launch(module: str, *extra: str, cpu: int | None = None) -> ServerProcess:
+    """``servers.kmod_launch`` started as the harness starts a kernel server (pinned to
+    ``cpu`` when given), once it announced ``listening on 127.0.0.1:PORT``."""
     argv = [sys.executable, "-m", "servers.kmod_launch", "--module", module, "--port", "0",
             *extra]
-    if cpu is not None:
-        argv = ["taskset", "-c", str(cpu), *argv]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(30):
-            proc.kill()
-            proc.wait(5)
-            pytest.fail("launcher did not announce within 30 s")
-    line = proc.stdout.readline()
-    m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-    assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-    return proc, int(m.group(1))
+    try:
+        server = server_process.start(argv, ready_timeout=LAUNCH_TIMEOUT,
+                                      cpus=None if cpu is None else [cpu], name=module)
+    except server_process.StartFailure as exc:
+        pytest.fail(f"{module}: the launcher did not announce: {exc.reason}; "
+                    f"stderr: {exc.stderr}")
+    assert server.host == "127.0.0.1", server.address
+    return server

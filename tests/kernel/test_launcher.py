@@ -16,24 +16,17 @@ from tests.kernel import helpers
     ("kecho", "echo"), ("kecho-kthread", "echo"), ("khttpd", "http"),
 ])
 def test_launch_serve_stop(module: str, proto: str) -> None:
-    proc, port = helpers.launch(module, "--proto", proto, "--workers", "1")
+    server = helpers.launch(module, "--proto", proto, "--workers", "1")
     try:
-        with helpers.connect(port) as s:
-            if proto == "echo":
-                assert helpers.exchange(s, b"hi\0there", 8) == b"hi\0there"
-            else:
-                s.sendall(b"GET / HTTP/1.1\r\n\r\n")
-                assert s.recv(100).startswith(b"HTTP/1.1 200 OK\r\n")
+        helpers.assert_serves(server.port, proto)
         start_stop = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert server.terminate(signal.SIGTERM, 10) == 0
         assert time.monotonic() - start_stop < 5
         name = "khttpd" if module == "khttpd" else "kecho"
         assert name not in helpers.loaded_modules()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        server.kill_all()
+        server.close()
 
 
 def test_wrong_protocol_is_skipped() -> None:

@@ -88,18 +88,15 @@ def test_a_bad_cpu_list_is_refused(port: int, bad: str) -> None:
 
 @pytest.mark.parametrize(("module", "name"), [("kecho", "kecho"), ("khttpd", "khttpd")])
 def test_launcher_pins_module_where_it_runs(module: str, name: str, last_cpu: int) -> None:
-    proc, port = helpers.launch(module, cpu=last_cpu)
+    server = helpers.launch(module, cpu=last_cpu)
     try:
         mask = (WQ_SYSFS / name / "cpumask").read_text().strip().replace(",", "")
         assert int(mask, 16) == 1 << last_cpu
         assert affinities(f"{name}-listen") == {f"{name}-listen": {last_cpu}}
-        with helpers.connect(port) as s:
-            if module == "kecho":
-                assert helpers.exchange(s, b"pinned", 6) == b"pinned"
-            else:
-                s.sendall(b"GET / HTTP/1.1\r\n\r\n")
-                assert s.recv(100).startswith(b"HTTP/1.1 200 OK\r\n")
+        helpers.assert_serves(server.port, "echo" if module == "kecho" else "http")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        code = server.terminate(signal.SIGTERM, 15)
+        server.kill_all()
+        server.close()
+    assert code == 0
     assert name not in helpers.loaded_modules()
