@@ -26,7 +26,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-PERCENTILES = ("p50", "p90", "p99", "p999")
+from bench.records import FAILED, NOT_RUN, PERCENTILES, Run, Status
+
 DEFAULT_STEPS = 6
 DEFAULT_RESOLUTION = 0.10
 FLOOR_RPS = 5.0
@@ -54,14 +55,14 @@ def parse_slo(text: str) -> tuple[str, float]:
     return key, target
 
 
-def meets(record: dict[str, Any], key: str, target_us: float) -> bool:
+def meets(record: Run, key: str, target_us: float) -> bool:
     """A probe meets the target: measured, no errors, its percentile within it."""
-    value = (record.get("latency_us") or {}).get(key)
-    return (record.get("status") == "ok" and not record.get("errors_total")
-            and record.get("requests") and value is not None and value <= target_us)
+    value = record.latency_us.get(key)
+    return (record.status == Status.OK and not record.errors_total
+            and record.requests > 0 and value is not None and value <= target_us)
 
 
-def search(probe: Callable[[float | None], dict[str, Any]], key: str, target_us: float,
+def search(probe: Callable[[float | None], Run], key: str, target_us: float,
            steps: int = DEFAULT_STEPS, resolution: float = DEFAULT_RESOLUTION,
            ) -> dict[str, Any]:
     """Search the capacity with ``probe(rate)`` (None: closed loop), one run record each.
@@ -76,11 +77,11 @@ def search(probe: Callable[[float | None], dict[str, Any]], key: str, target_us:
 
     def run(rate: float | None) -> bool:
         record = probe(rate)
-        ok = bool(meets(record, key, target_us))
-        probes.append({"rate": rate, "requests_per_s": record.get("requests_per_s"),
-                       key: (record.get("latency_us") or {}).get(key), "ok": ok,
-                       "status": record.get("status"), "errors_total":
-                       record.get("errors_total"), "reason": record.get("reason") or ""})
+        ok = meets(record, key, target_us)
+        probes.append({"rate": rate, "requests_per_s": record.requests_per_s,
+                       key: record.latency_us.get(key), "ok": ok,
+                       "status": str(record.status), "errors_total": record.errors_total,
+                       "reason": record.reason})
         return ok
 
     run(None)
@@ -89,7 +90,7 @@ def search(probe: Callable[[float | None], dict[str, Any]], key: str, target_us:
                               "capacity_rps": None, "bracket": [None, None],
                               "feasible": False, "resolution": None, "probes": probes,
                               "reason": ""}
-    if not peak or probes[0]["status"] in ("failed", "timeout", "skipped", "n/a"):
+    if not peak or probes[0]["status"] in FAILED:
         result["reason"] = ("the closed-loop run measured nothing: "
                             + (probes[0]["reason"] or probes[0]["status"] or "?"))
         result["lowest"] = None
@@ -178,7 +179,7 @@ def md1_capacity(service_s: float, target_s: float, quantile: float = 0.99) -> f
 
 def _probe(rate: float | None, *, target: Any, workload: str, conc: int, rep: int,
            settings: Any, cpus: tuple[list[int], list[int]], use_perf: bool, bar: Any,
-           records: list[dict[str, Any]]) -> dict[str, Any]:
+           records: list[Run]) -> Run:
     """One run of a search: a fresh server at ``rate`` (None: closed loop)."""
     import dataclasses
 
@@ -188,7 +189,7 @@ def _probe(rate: float | None, *, target: Any, workload: str, conc: int, rep: in
     bar.start(f"--slo {target.name} {workload} c={conc}: {what}")
     record = runner.measure(target, workload, conc, dataclasses.replace(settings, rate=rate),
                             rep, cpus, use_perf)
-    bar.finish(record["wall_s"])
+    bar.finish(record.wall_s)
     records.append(record)
     return record
 
@@ -197,7 +198,7 @@ def run_searches(order: list[tuple[int, str, int, Any]], settings: Any,
                  cpus: tuple[list[int], list[int]], use_perf: bool, bar: Any, key: str,
                  target_us: float, steps: int = DEFAULT_STEPS,
                  resolution: float = DEFAULT_RESOLUTION,
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                 ) -> tuple[list[Run], list[dict[str, Any]]]:
     """``--slo``: a search per (workload, concurrency, server) of the plan, each probe a
     fresh server measured by :func:`bench.runner.measure`.
 
@@ -208,31 +209,31 @@ def run_searches(order: list[tuple[int, str, int, Any]], settings: Any,
 
     from bench import runner
 
-    runs: list[dict[str, Any]] = []
+    runs: list[Run] = []
     searches: list[dict[str, Any]] = []
-    gave_up: dict[str, dict[str, Any]] = {}
+    gave_up: dict[str, Run] = {}
     try:
         for rep, workload, conc, target in order:
             if target.name in gave_up:
                 record = runner.empty_record(target, workload, conc, rep)
-                record.update(status="skipped", reason=gave_up[target.name]["reason"])
+                record.status, record.reason = Status.SKIPPED, gave_up[target.name].reason
                 runs.append(record)
                 bar.finish(0.0, ran=False)
                 continue
-            records: list[dict[str, Any]] = []
+            records: list[Run] = []
             probe = functools.partial(_probe, target=target, workload=workload, conc=conc,
                                       rep=rep, settings=settings, cpus=cpus,
                                       use_perf=use_perf, bar=bar, records=records)
             found = search(probe, key, target_us, steps, resolution)
             runs.append(records[0])
-            if records[0]["status"] in ("skipped", "n/a"):
-                if records[0]["status"] == "skipped":
+            if records[0].status in NOT_RUN:
+                if records[0].status == Status.SKIPPED:
                     gave_up[target.name] = records[0]
                 continue
             found.update(server=target.name, workload=workload, concurrency=conc,
                          arrivals=settings.arrivals, seed=settings.seed,
                          resolution_asked=resolution,
-                         wall_s=sum(r["wall_s"] for r in records[1:]))
+                         wall_s=sum(r.wall_s for r in records[1:]))
             searches.append(found)
     except KeyboardInterrupt:
         bar.note("bench: interrupted; writing what was measured")

@@ -39,7 +39,20 @@ import sys
 import tempfile
 from typing import Any
 
-from bench import capacity, files, metrics, netns, progress, redis, remote, report, runner, stats
+from bench import (
+    aggregate,
+    capacity,
+    files,
+    metrics,
+    netns,
+    progress,
+    redis,
+    remote,
+    report,
+    runner,
+    stats,
+)
+from bench.records import Run, Status
 from servers.argtypes import (
     non_negative_float,
     non_negative_int,
@@ -573,11 +586,11 @@ def _run_plan(argv: list[str], options: argparse.Namespace, targets: list[runner
         runs = execute(order, settings, (server_cpus, client_cpus), use_perf, bar)
         complete = len(runs) == len(order)
     meta["finished"] = dt.datetime.now(dt.UTC).isoformat()
-    meta["wall_s"] = (sum(r["wall_s"] for r in runs)
+    meta["wall_s"] = (sum(r.wall_s for r in runs)
                       + sum(c["wall_s"] for c in searches or []))
     meta["complete"] = complete
     files = report.write_outputs(out_dir, runs, meta, searches)
-    print(report.console_report(report.aggregate(runs, resolved["ci"]), note, searches))
+    print(report.console_report(aggregate.aggregate(runs, resolved["ci"]), note, searches))
     if options.profile and meta["complete"]:
         files += _profiles(order, runs, settings, (server_cpus, client_cpus), out_dir)
     print(f"\nbench: {len(runs)} runs in {progress.fmt_duration(meta['wall_s'])}; wrote "
@@ -587,7 +600,7 @@ def _run_plan(argv: list[str], options: argparse.Namespace, targets: list[runner
 
 def execute_to_ci(order: list[tuple[int, str, int, runner.Target]], settings: runner.Settings,
                   cpus: tuple[list[int], list[int]], use_perf: bool, bar: progress.Progress,
-                  target_pct: float, max_repeats: int) -> tuple[list[dict[str, Any]], bool]:
+                  target_pct: float, max_repeats: int) -> tuple[list[Run], bool]:
     """--ci: the plan, then further rounds of only the cells whose requests/s interval is
     wider than ±``target_pct`` %, each round interleaved like the first, until every cell
     is within it or has ``max_repeats`` repeats. Returns (runs, finished)."""
@@ -599,13 +612,11 @@ def execute_to_ci(order: list[tuple[int, str, int, runner.Target]], settings: ru
     while True:
         values: dict[tuple[str, str, int], list[float]] = {}
         for r in runs:
-            if r["status"] in ("ok", "unclean-exit") and r["requests_per_s"] is not None:
-                values.setdefault((r["server"], r["workload"], r["concurrency"]), []).append(
-                    r["requests_per_s"])
+            if r.status in (Status.OK, Status.UNCLEAN) and r.requests_per_s is not None:
+                values.setdefault(r.cell, []).append(r.requests_per_s)
         counts: dict[tuple[str, str, int], int] = {}
         for r in runs:
-            key = (r["server"], r["workload"], r["concurrency"])
-            counts[key] = counts.get(key, 0) + 1
+            counts[r.cell] = counts.get(r.cell, 0) + 1
         # cells that measure nothing (n/a, skipped, failing) get no more repeats
         more = [(rounds, w, c, t) for w, c, t in cells
                 if (t.name, w, c) in values and counts[(t.name, w, c)] < max_repeats
@@ -622,7 +633,7 @@ def execute_to_ci(order: list[tuple[int, str, int, runner.Target]], settings: ru
         rounds += 1
 
 
-def _profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[dict[str, Any]],
+def _profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[Run],
               settings: runner.Settings, cpus: tuple[list[int], list[int]],
               out_dir: str) -> list[str]:
     """--profile: the profiled runs, their tables printed; the files written."""
@@ -640,7 +651,7 @@ def _profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[dict[
 
 def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.Settings,
             cpus: tuple[list[int], list[int]], use_perf: bool,
-            bar: progress.Progress, reruns: int | None = None) -> list[dict[str, Any]]:
+            bar: progress.Progress, reruns: int | None = None) -> list[Run]:
     """Run the plan; a skipped server is not retried, nor one that failed to start twice.
 
     A run whose halves disagree, or whose server core was busy with other processes
@@ -648,8 +659,8 @@ def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.S
     ``reruns`` times (default a tenth of the plan: on a busy machine the default run
     stays within its 10 minutes, ~50 s more at most)."""
     left = len(order) // 10 if reruns is None else reruns
-    runs: list[dict[str, Any]] = []
-    gave_up: dict[str, tuple[str, str]] = {}
+    runs: list[Run] = []
+    gave_up: dict[str, tuple[Status, str]] = {}
     start_failures: dict[str, int] = {}
     try:
         for rep, workload, conc, target in order:
@@ -657,35 +668,35 @@ def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.S
             if target.name in gave_up:
                 status, reason = gave_up[target.name]
                 record = runner.empty_record(target, workload, conc, rep)
-                record.update(status=status, reason=reason)
+                record.status, record.reason = status, reason
                 runs.append(record)
                 bar.finish(0.0, ran=False)
                 continue
             bar.start(label)
             record = runner.measure(target, workload, conc, settings, rep, cpus, use_perf)
-            if record["unstable"] and left > 0:
+            if record.unstable and left > 0:
                 left -= 1
-                bar.note(f"bench: {label}: {record['unstable']}; measured once more")
+                bar.note(f"bench: {label}: {record.unstable}; measured once more")
                 first = record
                 record = runner.measure(target, workload, conc, settings, rep, cpus, use_perf)
-                record.update(rerun_because=first["unstable"],
-                              wall_s=record["wall_s"] + first["wall_s"])
+                record.rerun_because = first.unstable
+                record.wall_s += first.wall_s
             runs.append(record)
-            bar.finish(record["wall_s"])
-            if record["status"] == "skipped":
-                gave_up[target.name] = ("skipped", record["reason"])
-                bar.note(f"bench: {target.name}: skipped: {record['reason']}")
-            elif record["status"] == "n/a":
+            bar.finish(record.wall_s)
+            if record.status == Status.SKIPPED:
+                gave_up[target.name] = (Status.SKIPPED, record.reason)
+                bar.note(f"bench: {target.name}: skipped: {record.reason}")
+            elif record.status == Status.NA:
                 pass  # in the tables as n/a, with the reason
-            elif record["status"] == "failed" and record["server_exit"] is None:
+            elif record.status == Status.FAILED and record.server_exit is None:
                 start_failures[target.name] = start_failures.get(target.name, 0) + 1
                 if start_failures[target.name] >= 2:
-                    gave_up[target.name] = ("failed", f"{record['reason']} (not retried)")
-                bar.note(f"bench: {label}: failed: {record['reason']}")
+                    gave_up[target.name] = (Status.FAILED, f"{record.reason} (not retried)")
+                bar.note(f"bench: {label}: failed: {record.reason}")
             else:
                 start_failures[target.name] = 0
-                if record["status"] not in ("ok", "errors"):
-                    bar.note(f"bench: {label}: {record['status']}: {record['reason'][:150]}")
+                if record.status not in (Status.OK, Status.ERRORS):
+                    bar.note(f"bench: {label}: {record.status}: {record.reason[:150]}")
     except KeyboardInterrupt:
         bar.note("bench: interrupted; writing what was measured")
     finally:

@@ -20,24 +20,22 @@ from typing import Any
 from tabulate import tabulate
 
 from bench import stats
-from bench.report import FAILED, fmt_rate, fmt_us, load_results
+from bench.records import FAILED, Result
+from bench.report import load_results, results_of
+from bench.tables import fmt_rate, fmt_us
 
 
-def _key(r: dict[str, Any]) -> tuple[str, str, int]:
-    return (r["server"], r["workload"], int(r["concurrency"]))
-
-
-def _interval(result: dict[str, Any]) -> dict[str, Any] | None:
+def _interval(result: Result) -> dict[str, Any] | None:
     """The requests/s interval; for older result sets the min..max of the repeats."""
-    if "ci" in result:
-        return (result.get("ci") or {}).get("requests_per_s")
-    lo, hi = result.get("requests_per_s_min"), result.get("requests_per_s_max")
+    if result.ci is not None:
+        return result.interval("requests_per_s")
+    lo, hi = result.requests_per_s_min, result.requests_per_s_max
     return {"low": lo, "high": hi} if lo is not None and hi is not None and hi > lo else None
 
 
-def significant(old: dict[str, Any], new: dict[str, Any]) -> bool:
+def significant(old: Result, new: Result) -> bool:
     """True when the req/s change lies beyond the noise (bench.stats.differs)."""
-    a, b = old.get("requests_per_s"), new.get("requests_per_s")
+    a, b = old.requests_per_s, new.requests_per_s
     if not a or not b:
         return False
     return stats.differs(a, _interval(old), b, _interval(new))
@@ -49,26 +47,27 @@ def _pct(old: float | None, new: float | None) -> tuple[str, str]:
     return f"{new / old:.2f}x", f"{(new / old - 1) * 100:+.1f}%"
 
 
-def compare_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[list[str]]:
+def compare_rows(old: list[Result], new: list[Result]) -> list[list[str]]:
     """One row per cell present in both; failures shown as such."""
-    old_by = {_key(r): r for r in old}
+    old_by = {r.cell: r for r in old}
     rows = []
     for r in new:
-        key = _key(r)
+        key = r.cell
         if key not in old_by:
             continue
         o = old_by[key]
-        if o["status"] in FAILED or r["status"] in FAILED:
-            rows.append([*map(str, key), o["status"], r["status"], "", "", "", "", "", "", ""])
+        if o.status in FAILED or r.status in FAILED:
+            rows.append([*map(str, key), str(o.status), str(r.status), "", "", "", "", "", "",
+                         ""])
             continue
-        ratio, pct = _pct(o["requests_per_s"], r["requests_per_s"])
-        p99_old, p99_new = o["latency_us"].get("p99"), r["latency_us"].get("p99")
+        ratio, pct = _pct(o.requests_per_s, r.requests_per_s)
+        p99_old, p99_new = o.latency_us.get("p99"), r.latency_us.get("p99")
         _, p99_pct = _pct(p99_old, p99_new)
         flag = ""
         if significant(o, r):
-            flag = "faster" if r["requests_per_s"] > o["requests_per_s"] else "SLOWER"
-        rows.append([key[0], key[1], str(key[2]), fmt_rate(o["requests_per_s"]),
-                     fmt_rate(r["requests_per_s"]), ratio, pct, fmt_us(p99_old),
+            flag = "faster" if r.requests_per_s > o.requests_per_s else "SLOWER"  # type: ignore[operator]
+        rows.append([key[0], key[1], str(key[2]), fmt_rate(o.requests_per_s),
+                     fmt_rate(r.requests_per_s), ratio, pct, fmt_us(p99_old),
                      fmt_us(p99_new), p99_pct, flag])
     return rows
 
@@ -87,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     try:
         old, new = load_results(options.old), load_results(options.new)
-    except (OSError, ValueError) as exc:
+        rows = compare_rows(results_of(old), results_of(new))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         print(f"python -m bench compare: error: cannot read results: {exc}", file=sys.stderr)
         return 2
-    rows = compare_rows(old.get("runs", []), new.get("runs", []))
     if not rows:
         print("no (server, workload, concurrency) measured in both result sets")
         return 0

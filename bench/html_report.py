@@ -16,7 +16,8 @@ import os
 import shlex
 from typing import Any
 
-from bench import report
+from bench import aggregate, tables, why
+from bench.records import Result
 
 SORT_SCRIPT = """
 function cellKey(text) {
@@ -91,46 +92,46 @@ def _environment(meta: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def render(results: list[dict[str, Any]], meta: dict[str, Any], out_dir: str,
+def render(results: list[Result], meta: dict[str, Any], out_dir: str,
            capacity: list[dict[str, Any]] | None = None) -> str:
-    """The whole page for aggregated ``results`` (report.aggregate), their ``meta`` and
+    """The whole page for aggregated ``results`` (bench.aggregate), their ``meta`` and
     the plots named in ``meta["plots"]`` under ``out_dir``."""
     esc = html.escape
     command = "python -m bench " + shlex.join(meta.get("argv") or [])
     body = ["<h1>tcp-zoo benchmark</h1>"]
-    for note in (meta.get("header_note"), report.noise_warning(results)):
+    for note in (meta.get("header_note"), why.noise_warning(results)):
         if note:
             body.append(f'<p class="note">{esc(note)}</p>')
     body.append(f"<h2>Command</h2><pre>{esc(command)}</pre>")
     body.append('<h2>Environment</h2><table id="environment"><tbody>' + "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _environment(meta))
         + "</tbody></table>")
-    body.append(f"<p>{esc(report.LEGEND)}</p>")
-    for workload in report._order(c["workload"] for c in capacity or []):
-        body.append(f"<h2>{esc(report.capacity_heading(capacity or [], workload))}</h2>")
-        body.append(_table(report.capacity_table(capacity or [], workload, "html")))
-    for workload in report.workloads_of(results):
+    body.append(f"<p>{esc(tables.LEGEND)}</p>")
+    for workload in aggregate.order(c["workload"] for c in capacity or []):
+        body.append(f"<h2>{esc(tables.capacity_heading(capacity or [], workload))}</h2>")
+        body.append(_table(tables.capacity_table(capacity or [], workload, "html")))
+    for workload in aggregate.workloads_of(results):
         body.append(f"<h2>{esc(workload)}</h2><h3>requests/s (median of repeats)</h3>")
-        body.append(_table(report.throughput_table(results, workload, "html")))
+        body.append(_table(tables.throughput_table(results, workload, "html")))
         body.append("<h3>p99 latency</h3>")
-        body.append(_table(report.latency_table(results, workload, "p99", "html")))
-        for c in report.concurrencies_of(results, workload):
+        body.append(_table(tables.latency_table(results, workload, "p99", "html")))
+        for c in aggregate.concurrencies_of(results, workload):
             body.append(f"<h3>cost per request at c={c}</h3>")
-            body.append(_table(report.cost_table(results, workload, c, "html")))
-            why = report.diagnose(results, workload, c)
-            if why:
+            body.append(_table(tables.cost_table(results, workload, c, "html")))
+            reading = why.diagnose(results, workload, c)
+            if reading:
                 body.append(f"<h4>why (c={c})</h4><ul>" + "".join(
-                    f"<li>{esc(line)}</li>" for line in why) + "</ul>")
-    rank = report.ranking(results)
+                    f"<li>{esc(line)}</li>" for line in reading) + "</ul>")
+    rank = aggregate.ranking(results)
     if rank:
         body.append("<h2>Ranking</h2><p>Mean over all cells of the server's requests/s as a "
                     "share of the best in that cell; a tie with the best counts 100%, errors "
                     "or failure 0; '=' marks a rank shared within the noise.</p>")
-        body.append(_table(report.ranking_table(rank, report.workloads_of(results), "html")))
+        body.append(_table(tables.ranking_table(rank, aggregate.workloads_of(results), "html")))
     plots = meta.get("plots") or []
     if plots:
         body.append("<h2>Plots</h2>" + "".join(_image(out_dir, name) for name in plots))
-    lines = report.not_clean(results)
+    lines = why.not_clean(results)
     body.append('<h2>Not clean</h2><ul id="not-clean">' + (
         "".join(f"<li>{esc(line)}</li>" for line in lines) or "<li>none</li>") + "</ul>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -44,6 +44,7 @@ import sys
 import time
 from typing import Any
 
+from bench import records
 from servers.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 
 WORKLOADS = ("echo", "echo-connect", "http", "http-connect", "http-pipeline", "file",
@@ -51,7 +52,7 @@ WORKLOADS = ("echo", "echo-connect", "http", "http-connect", "http-pipeline", "f
 APP_WORKLOADS = ("file", "guestbook", "guestbook-post")  # need a --root or a Redis
 GUESTBOOK_PATH = "/guestbook"
 GUESTBOOK_MARKER = "<!-- tcp-zoo guestbook -->"  # servers.core.guestbook.PAGE_MARKER
-ERROR_KINDS = ("refused", "reset", "timeout", "short", "wrong", "status", "other")
+ERROR_KINDS = records.ERROR_KINDS
 RESULT_KEYS = (
     "workload", "connections", "threads", "duration_s", "requests", "requests_per_s",
     "bytes_sent", "bytes_received", "latency_us", "errors", "errors_total", "idle_open",
@@ -59,7 +60,7 @@ RESULT_KEYS = (
     "arrivals", "seed", "halves",
 )
 ARRIVALS = ("poisson", "uniform")
-LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max", "mean")
+LATENCY_KEYS = (*records.LATENCY_KEYS, "mean")
 DEFAULT_DURATION = 10.0
 LIMITED_DURATION_CAP = 60.0  # with --requests and no --duration: the run's time bound
 START_AT_HORIZON_S = 600.0  # as the native run: the furthest start_at it accepts

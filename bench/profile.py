@@ -38,6 +38,7 @@ from typing import Any
 from tabulate import tabulate
 
 from bench import metrics, runner
+from bench.records import Run
 
 RATE = 250  # samples per second
 MIN_DURATION = 2.0  # seconds of a profiled run's window, whatever --duration
@@ -218,7 +219,7 @@ def profiled_run(target: runner.Target, label: str, concurrency: int,
         time.sleep(runner.window_span(settings))
         stacks, why = sampler.stop()
         usage = usage_of.stop()
-        result, problem = runner.finish_loadgen(
+        result, problem, _ = runner.finish_loadgen(
             loadgen, settings.duration + settings.timeout + settings.slack)
     finally:
         server.stop()
@@ -238,7 +239,7 @@ def profiled_run(target: runner.Target, label: str, concurrency: int,
     return record
 
 
-def run_profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[dict[str, Any]],
+def run_profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[Run],
                  settings: runner.Settings, cpus: tuple[list[int], list[int]],
                  out_dir: str) -> list[dict[str, Any]]:
     """A profiled run per (server, workload) of the plan, at its first concurrency, with
@@ -249,9 +250,8 @@ def run_profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[di
     profiles = []
     for (name, label), target in cells.items():
         record = profiled_run(target, label, first_conc, settings, cpus, out_dir)
-        plain = sorted(r["cpu_us_per_req"] for r in runs
-                       if r["server"] == name and r["workload"] == label
-                       and r["concurrency"] == first_conc and r.get("cpu_us_per_req"))
+        plain = sorted(r.cpu_us_per_req for r in runs
+                       if r.cell == (name, label, first_conc) and r.cpu_us_per_req)
         if plain and record["cpu_us_per_req"]:
             record["overhead"] = record["cpu_us_per_req"] / plain[len(plain) // 2] - 1
         profiles.append(record)

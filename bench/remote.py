@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import loadgen, remote_server, runner
+from bench.records import Run, Status, client_bound
 from bench.remote_metrics import from_json, window_at
 
 START_MARGIN_MIN_S = 0.3
@@ -261,12 +262,12 @@ class Placement:
 
     def load_and_measure(self, server: Any, target: runner.Target, workload: str,
                          concurrency: int, settings: runner.Settings,
-                         client_cpus: list[int], use_perf: bool, record: dict[str, Any],
+                         client_cpus: list[int], use_perf: bool, record: Run,
                          server_cpus: list[int] | None = None) -> None:
         """The runner's ``_load_and_measure`` with the load from the client hosts."""
         if concurrency < len(self.clients):
-            record["reason"] = (f"{concurrency} connections cannot be shared by "
-                                f"{len(self.clients)} client hosts")
+            record.reason = (f"{concurrency} connections cannot be shared by "
+                             f"{len(self.clients)} client hosts")
             return
         conns = shares(concurrency, len(self.clients))
         idles = shares(settings.idle, len(self.clients))
@@ -312,12 +313,15 @@ class Placement:
             bound = (self.start_margin_s + settings.warmup + settings.duration
                      + settings.timeout + settings.slack + settings.ready_timeout)
             deadline = time.monotonic() + bound
-            results, problems = [], []
+            results, problems, status = [], [], Status.FAILED
             for host, proc in zip(self.clients, procs, strict=True):
-                result, problem = runner.finish_loadgen(proc, deadline - time.monotonic())
+                result, problem, outcome = runner.finish_loadgen(proc,
+                                                                 deadline - time.monotonic())
                 results.append(result)
                 if result is None:
                     problems.append(f"{host.label}: {problem}")
+                    if outcome == Status.TIMEOUT:
+                        status = Status.TIMEOUT
             if meter is not None:
                 try:
                     out, err = meter.communicate(timeout=max(deadline - time.monotonic(), 5))
@@ -333,21 +337,21 @@ class Placement:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.communicate()
         if problems or window is None:
-            record["reason"] = "; ".join(problems)
-            record["status"] = "timeout" if "did not finish" in record["reason"] else "failed"
+            record.reason, record.status = "; ".join(problems), status
             return
         usage, syscalls, died = window
-        record.update(server_host=self.server.label, server_address=f"{server.host}:{server.port}",
-                      server_net_ns=getattr(server, "net_ns", None))
+        record.server_host = self.server.label
+        record.server_address = f"{server.host}:{server.port}"
+        record.server_net_ns = getattr(server, "net_ns", None)
         merged = loadgen.merge([r for r in results if r is not None])
         if merged["start_late_s"] > 0.01:  # a late host ran out of step: allow more next time
             self.start_margin_s = self.start_margin_s * 1.5 + merged["start_late_s"]
-        record["start_late_s"] = merged["start_late_s"]
-        record["clients"] = [
+        record.start_late_s = merged["start_late_s"]
+        record.clients = [
             {"host": host.label, "connections": r["connections"], "requests": r["requests"],
              "requests_per_s": r["requests_per_s"], "errors": r["errors"],
              "errors_total": r["errors_total"], "client_cpu_util": r["client_cpu_util"],
-             "client_bound": r["client_cpu_util"] >= runner.CLIENT_BOUND_UTIL,
+             "client_bound": client_bound(r["client_cpu_util"]),
              "start_late_s": r["start_late_s"], "p99_us": r["latency_us"]["p99"]}
             for host, r in zip(self.clients, results, strict=True) if r is not None]
         runner.fill_record(record, merged, usage, syscalls, time.monotonic() if died else None,

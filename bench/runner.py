@@ -40,21 +40,18 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from bench import metrics, server_process, stats
+from bench import metrics, records, server_process, stats
+from bench.records import Run, Status
 from bench.server_process import StartFailure
 from bench.server_process import exit_text as _exit_text
 
 READY_TIMEOUT = 10.0
-CLIENT_BOUND_UTIL = 0.9
 LOADGEN_START_S = 0.05  # no load generator connects sooner (python start-up)
 CONNECTED_TO_CLOCK_S = 0.02  # from its first connection to the start of its warm-up
 WINDOW_TAIL_S = 0.2  # the window closes this long before the load generator stops
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
-ERROR_KINDS = ("refused", "reset", "timeout", "short", "wrong", "status", "other")
 
 
 @dataclass(frozen=True)
@@ -249,23 +246,35 @@ def start_loadgen(argv: list[str], cpus: list[int] | None) -> subprocess.Popen[s
     )
 
 
-def finish_loadgen(
-    proc: subprocess.Popen[str], timeout: float,
-) -> tuple[dict[str, Any] | None, str]:
-    """Wait (bounded) for the load generator; (result, "") or (None, why not)."""
+class LoadgenOutcome(NamedTuple):
+    """A finished load generator: its result, or None with why not and the status that
+    gives the run (timeout when it had to be killed, failed otherwise)."""
+
+    result: dict[str, Any] | None
+    problem: str
+    status: Status
+
+
+def finish_loadgen(proc: subprocess.Popen[str], timeout: float) -> LoadgenOutcome:
+    """Wait (bounded) for the load generator; (result, "", ok) or (None, why not, status)."""
     try:
         out, err = proc.communicate(timeout=max(timeout, 0.1))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        return None, f"load generator did not finish within {timeout:.0f} s (killed)"
+        return LoadgenOutcome(
+            None, f"load generator did not finish within {timeout:.0f} s (killed)",
+            Status.TIMEOUT)
     if proc.returncode != 0:
         tail = " | ".join(err.strip().splitlines()[-2:]) or "no message"
-        return None, f"load generator failed (status {proc.returncode}): {tail[:200]}"
+        return LoadgenOutcome(
+            None, f"load generator failed (status {proc.returncode}): {tail[:200]}",
+            Status.FAILED)
     try:
-        return json.loads(out.strip().splitlines()[-1]), ""
+        return LoadgenOutcome(json.loads(out.strip().splitlines()[-1]), "", Status.OK)
     except (ValueError, IndexError):
-        return None, f"load generator printed no JSON: {out[-200:]!r}"
+        return LoadgenOutcome(None, f"load generator printed no JSON: {out[-200:]!r}",
+                              Status.FAILED)
 
 
 def error_reason(errors: dict[str, int]) -> str:
@@ -273,26 +282,9 @@ def error_reason(errors: dict[str, int]) -> str:
     return ", ".join(f"{kind} {count}" for kind, count in errors.items() if count)
 
 
-def empty_record(target: Target, workload: str, concurrency: int, repeat: int) -> dict[str, Any]:
-    """A run record with every key present and nothing measured."""
-    return {
-        "server": target.name, "workload": workload, "concurrency": concurrency,
-        "repeat": repeat, "status": "failed", "reason": "", "requests": 0,
-        "requests_per_s": None, "latency_us": dict.fromkeys(LATENCY_KEYS),
-        "latency_mean_us": None, "errors": dict.fromkeys(ERROR_KINDS, 0), "errors_total": 0,
-        "server_cpu_s": None, "server_cpu_util": None, "server_cpu_s_per_10k": None,
-        "cpu_us_per_req": None, "server_rss_bytes": None, "server_pss_bytes": None,
-        "ctx_voluntary": None,
-        "ctx_involuntary": None, "ctx_per_req": None, "syscalls": None,
-        "syscalls_per_req": None, "client_cpu_util": None, "client_bound": False,
-        "server_exit": None, "foreign_cpu_util": None, "client_core_busy": None,
-        "window_s": None, "duration_s": None,
-        "bytes_received": None, "mb_per_s": None, "cpu_us_per_mb": None,
-        "backend_wait_ms": None, "backend_wait_measured_ms": None,
-        "littles_limit": None, "littles_share": None,
-        "halves": None, "unstable": "",
-        "wall_s": 0.0,
-    }
+def empty_record(target: Target, workload: str, concurrency: int, repeat: int) -> Run:
+    """A run record with nothing measured (status failed until the run says otherwise)."""
+    return Run(server=target.name, workload=workload, concurrency=concurrency, repeat=repeat)
 
 
 def measure(
@@ -303,29 +295,28 @@ def measure(
     repeat: int = 0,
     cpus: tuple[list[int], list[int]] | None = None,
     use_perf: bool = True,
-) -> dict[str, Any]:
+) -> Run:
     """Run ``workload`` at ``concurrency`` against a fresh ``target``; one run record."""
     began = time.monotonic()
     record = empty_record(target, workload, concurrency, repeat)
     server_cpus, client_cpus = cpus or split_cpus()
     extra, why_not = app_args(target, workload, settings)
     if extra is None:
-        record.update(status="n/a", reason=why_not)
+        record.status, record.reason = Status.NA, why_not
         return record
     _, wait = split_label(workload)
     if wait is not None:
         measured = settings.measured_wait(wait)
-        record.update(backend_wait_ms=wait, backend_wait_measured_ms=measured,
-                      littles_limit=littles_limit(target, concurrency,
-                                                  measured if measured else wait))
+        record.backend_wait_ms, record.backend_wait_measured_ms = wait, measured
+        record.littles_limit = littles_limit(target, concurrency, measured or wait)
     try:
         start = settings.remote.start_server if settings.remote else start_server
         server = start(target, protocol_of(workload), settings, server_cpus,
                        ready_timeout=settings.ready_timeout, extra=extra)
     except StartFailure as exc:
-        record["status"] = "skipped" if exc.skipped else "failed"
-        record["reason"] = exc.reason
-        record["wall_s"] = time.monotonic() - began
+        record.status = Status.SKIPPED if exc.skipped else Status.FAILED
+        record.reason = exc.reason
+        record.wall_s = time.monotonic() - began
         return record
     try:
         load = settings.remote.load_and_measure if settings.remote else _load_and_measure
@@ -333,11 +324,11 @@ def measure(
              use_perf, record, server_cpus if server_cpus != client_cpus else None)
     finally:
         outcome = server.stop()
-        record["server_exit"] = outcome
-        if outcome != "clean" and record["status"] in ("ok", "errors"):
-            record["status"] = "unclean-exit"
-            record["reason"] = "; ".join(r for r in (f"server {outcome}", record["reason"]) if r)
-    record["wall_s"] = time.monotonic() - began
+        record.server_exit = outcome
+        if outcome != "clean" and record.status in (Status.OK, Status.ERRORS):
+            record.status = Status.UNCLEAN
+            record.reason = "; ".join(r for r in (f"server {outcome}", record.reason) if r)
+    record.wall_s = time.monotonic() - began
     return record
 
 
@@ -399,7 +390,7 @@ def _window(
 
 def _load_and_measure(
     server: Server, target: Target, workload: str, concurrency: int, settings: Settings,
-    client_cpus: list[int], use_perf: bool, record: dict[str, Any],
+    client_cpus: list[int], use_perf: bool, record: Run,
     server_cpus: list[int] | None = None,
 ) -> None:
     started = time.monotonic()
@@ -415,93 +406,86 @@ def _load_and_measure(
         raise
     bound = (settings.warmup + settings.duration + settings.timeout + settings.slack
              + settings.ready_timeout)
-    result, problem = finish_loadgen(loadgen, started + bound - time.monotonic())
+    result, problem, status = finish_loadgen(loadgen, started + bound - time.monotonic())
     if result is None:
-        record["reason"] = problem
-        record["status"] = "timeout" if "did not finish" in problem else "failed"
+        record.reason, record.status = problem, status
         return
     fill_record(record, result, usage, syscalls, died_at, server, target, workload, settings,
                 server_cpus, client_cpus)
 
 
 def fill_record(
-    record: dict[str, Any], result: dict[str, Any], usage: metrics.TreeUsage,
+    record: Run, result: dict[str, Any], usage: metrics.TreeUsage,
     syscalls: tuple[int, float] | None, died_at: float | None, server: Any, target: Target,
     workload: str, settings: Settings, server_cpus: list[int] | None, client_cpus: list[int],
 ) -> None:
     """The run record from the load generator's result and the server's window."""
     lat = result["latency_us"]
     rps = float(result["requests_per_s"])
-    record.update(
-        requests=result["requests"], requests_per_s=rps,
-        latency_us={key: lat.get(key) for key in LATENCY_KEYS},
-        latency_mean_us=lat.get("mean"), errors=dict(result["errors"]),
-        errors_total=result["errors_total"], duration_s=result["duration_s"],
-        client_cpu_util=result["client_cpu_util"],
-        client_bound=bool(result["client_cpu_util"] >= CLIENT_BOUND_UTIL),
-        window_s=usage.window_s, server_rss_bytes=usage.peak_rss, server_pss_bytes=usage.pss,
-        bytes_received=result.get("bytes_received"), halves=result.get("halves"),
-    )
+    record.requests, record.requests_per_s = result["requests"], rps
+    record.latency_us = {key: lat.get(key) for key in records.LATENCY_KEYS}
+    record.latency_mean_us = lat.get("mean")
+    record.errors, record.errors_total = dict(result["errors"]), result["errors_total"]
+    record.duration_s = result["duration_s"]
+    record.client_cpu_util = result["client_cpu_util"]
+    record.client_bound = records.client_bound(result["client_cpu_util"])
+    record.window_s = usage.window_s
+    record.server_rss_bytes, record.server_pss_bytes = usage.peak_rss, usage.pss
+    record.bytes_received, record.halves = result.get("bytes_received"), result.get("halves")
     if split_label(workload)[0] == "file" and result["duration_s"]:
-        record["mb_per_s"] = result["bytes_received"] / result["duration_s"] / 1e6
-    if record["littles_limit"]:
-        record["littles_share"] = rps / record["littles_limit"]
+        record.mb_per_s = result["bytes_received"] / result["duration_s"] / 1e6
+    if record.littles_limit:
+        record.littles_share = rps / record.littles_limit
     served = rps * usage.window_s
     # a kernel server's work on its core (kworkers, softirq) cannot be told from others'
     if usage.cores_busy_s is not None and server_cpus and target.kind != "kernel":
         capacity = usage.window_s * len(server_cpus)
-        record["foreign_cpu_util"] = max(usage.cores_busy_s - usage.cpu_s, 0.0) / capacity
+        record.foreign_cpu_util = max(usage.cores_busy_s - usage.cpu_s, 0.0) / capacity
     if usage.other_busy_s is not None and client_cpus:
-        # everything on the load generator's cores (it, the harness, other work): >= 0.9
-        # means the load generator may have been starved even if its own share is small
-        record["client_core_busy"] = usage.other_busy_s / (usage.window_s * len(client_cpus))
-    if target.kind != "kernel":  # in-kernel work belongs to no process of the tree
-        record.update(
-            server_cpu_s=usage.cpu_s, server_cpu_util=usage.cpu_s / usage.window_s,
-            ctx_voluntary=usage.voluntary, ctx_involuntary=usage.involuntary,
-        )
+        # everything on the load generator's cores (it, the harness, other work): busy
+        # enough, the load generator may have been starved even if its own share is small
+        record.client_core_busy = usage.other_busy_s / (usage.window_s * len(client_cpus))
+    # in-kernel work belongs to no process of the tree; in the guest every row is
+    # measured the same way, from all CPUs
+    cpu_s = usage.whole_cpu_s if usage.whole_cpu_s is not None and served > 0 else (
+        usage.cpu_s if target.kind != "kernel" else None)
+    if target.kind != "kernel":
+        record.ctx_voluntary, record.ctx_involuntary = usage.voluntary, usage.involuntary
         if served > 0:
-            record.update(
-                server_cpu_s_per_10k=usage.cpu_s / served * 1e4,
-                cpu_us_per_req=usage.cpu_s / served * 1e6,
-                ctx_per_req=(usage.voluntary + usage.involuntary) / served,
-            )
-        if record["mb_per_s"]:
-            record["cpu_us_per_mb"] = usage.cpu_s / (record["mb_per_s"] * usage.window_s) * 1e6
-    if usage.whole_cpu_s is not None and served > 0:  # the guest: every row the same way
-        record.update(server_cpu_s=usage.whole_cpu_s,
-                      server_cpu_util=usage.whole_cpu_s / usage.window_s,
-                      server_cpu_s_per_10k=usage.whole_cpu_s / served * 1e4,
-                      cpu_us_per_req=usage.whole_cpu_s / served * 1e6)
-        if record["mb_per_s"]:
-            record["cpu_us_per_mb"] = (usage.whole_cpu_s
-                                       / (record["mb_per_s"] * usage.window_s) * 1e6)
+            record.ctx_per_req = (usage.voluntary + usage.involuntary) / served
+    if cpu_s is not None:
+        record.server_cpu_s, record.server_cpu_util = cpu_s, cpu_s / usage.window_s
+        if served > 0:
+            record.server_cpu_s_per_10k = cpu_s / served * 1e4
+            record.cpu_us_per_req = cpu_s / served * 1e6
+        if record.mb_per_s:
+            record.cpu_us_per_mb = cpu_s / (record.mb_per_s * usage.window_s) * 1e6
     if syscalls is not None and target.kind != "kernel":  # kthreads make no system calls
         count, window = syscalls
-        record["syscalls"] = count
+        record.syscalls = count
         if rps > 0:
-            record["syscalls_per_req"] = count / (rps * window)
+            record.syscalls_per_req = count / (rps * window)
     if died_at is not None or not server.alive():
         code = server.exit_code()
-        record["status"] = "failed"
-        record["reason"] = f"server died during the run ({_exit_text(code or 0)})"
+        record.status = Status.FAILED
+        record.reason = f"server died during the run ({_exit_text(code or 0)})"
         if result["errors_total"]:
-            record["reason"] += f"; errors: {error_reason(result['errors'])}"
+            record.reason += f"; errors: {error_reason(result['errors'])}"
         return
     if result["requests"] == 0:
-        record["status"] = "failed"
-        record["reason"] = "no request completed" + (
+        record.status = Status.FAILED
+        record.reason = "no request completed" + (
             f"; errors: {error_reason(result['errors'])}" if result["errors_total"] else "")
         return
-    record["idle_open"] = result.get("idle_open")
-    record["unstable"] = (stats.halves_verdict(record["halves"])
-                          or stats.neighbour_verdict(record["foreign_cpu_util"]))
+    record.idle_open = result.get("idle_open")
+    record.unstable = (stats.halves_verdict(record.halves)
+                       or stats.neighbour_verdict(record.foreign_cpu_util))
     dropped = settings.idle - (result.get("idle_open") or 0) if settings.idle else 0
     if result["errors_total"] or dropped > 0:
-        record["status"] = "errors"
-        record["reason"] = "; ".join(r for r in (
+        record.status = Status.ERRORS
+        record.reason = "; ".join(r for r in (
             error_reason(result["errors"]),
             f"{dropped} of {settings.idle} idle connections closed by the server"
             if dropped > 0 else "") if r)
         return
-    record["status"] = "ok"
+    record.status = Status.OK

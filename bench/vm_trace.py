@@ -35,6 +35,7 @@ from typing import Any
 
 from bench import metrics, runner
 from bench import vm_trace_parse as parse
+from bench.records import Run, Status
 from servers.kmod_launch import SERVERS as KERNEL_SERVERS
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -227,7 +228,7 @@ def traced_run(plan: Plan, settings: runner.Settings) -> dict[str, Any]:
             tracing(False)
             window = time.monotonic() - began
             bound = settings.duration + settings.timeout + settings.slack
-            result, problem = runner.finish_loadgen(loadgen, bound)
+            result, problem, _ = runner.finish_loadgen(loadgen, bound)
             if result is None:
                 raise TraceError(problem)
             lost = dropped()
@@ -248,11 +249,11 @@ def traced_run(plan: Plan, settings: runner.Settings) -> dict[str, Any]:
     return out
 
 
-def untraced(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+def untraced(before: Run, after: Run) -> dict[str, Any]:
     """The untraced reference around a traced run: the mean req/s of the runs before and
     after it, and their range (the noise the overhead ratio must be read against)."""
-    rates = [r["requests_per_s"] for r in (before, after) if r.get("requests_per_s")]
-    cpu = [r["cpu_us_per_req"] for r in (before, after) if r.get("cpu_us_per_req")]
+    rates = [r.requests_per_s for r in (before, after) if r.requests_per_s]
+    cpu = [r.cpu_us_per_req for r in (before, after) if r.cpu_us_per_req]
     return {"requests_per_s": sum(rates) / len(rates) if rates else None,
             "range": (min(rates), max(rates)) if rates else None,
             "cpu_us_per_req": sum(cpu) / len(cpu) if cpu else None}
@@ -375,8 +376,8 @@ def run(order: list[tuple[int, str, int, runner.Target]], settings: runner.Setti
         print(f"trace: {label}: untraced, traced, untraced", flush=True)
         before = runner.measure(plan.target, plan.workload, plan.concurrency, settings, 0,
                                 (server_cpus, client_cpus), use_perf=False)
-        if before["status"] == "skipped":
-            print(f"trace: {label}: skipped: {before['reason']}", flush=True)
+        if before.status == Status.SKIPPED:
+            print(f"trace: {label}: skipped: {before.reason}", flush=True)
             continue
         try:
             traced = traced_run(plan, settings)

@@ -94,9 +94,8 @@ def test_overhead(capsys: pytest.CaptureFixture[str]) -> None:
             for side, target in sides:
                 record = runner.measure(target, "echo", CONNECTIONS, settings, repeat,
                                         cpus=cpus, use_perf=False)
-                assert record["status"] == "ok", (target.name, record["status"],
-                                                  record["reason"])
-                cpu[name][side].append(record["cpu_us_per_req"])
+                assert record.status == "ok", (target.name, record.status, record.reason)
+                cpu[name][side].append(record.cpu_us_per_req)
     table = tabulate(overhead_table(cpu), headers=[
         "backend", "ours µs/rt", "spread", "minimal µs/rt", "spread", "ratio",
         "minimal server"])

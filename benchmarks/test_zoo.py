@@ -27,8 +27,8 @@ import statistics
 from typing import Any
 
 from bench import capacity, runner
+from bench.records import LATENCY_KEYS, Run, Status
 
-LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
 # The default size (see conftest.py): about 2 minutes for the whole zoo on 2 cores.
 DEFAULT_REQUESTS = 4000
 DEFAULT_GUESTBOOK_REQUESTS = 500  # each one waits on a Redis round trip
@@ -65,7 +65,7 @@ def test_zoo(benchmark: Any, zoo_server: tuple[runner.Server, runner.Target, str
 
     def one_round() -> None:
         proc = runner.start_loadgen(argv, client_cpus)
-        result, problem = runner.finish_loadgen(proc, 60.0)
+        result, problem, _ = runner.finish_loadgen(proc, 60.0)
         assert result is not None, problem
         results.append(result)
 
@@ -97,12 +97,17 @@ def test_zoo(benchmark: Any, zoo_server: tuple[runner.Server, runner.Target, str
 
 
 def open_loop_probe(server: runner.Server, workload: str, connections: int,
-                    rate: float | None, client_cpus: list[int]) -> dict[str, Any]:
+                    rate: float | None, client_cpus: list[int]) -> Run:
     """One run of the capacity search against the running server, as a run record."""
     settings = dataclasses.replace(SLO_PROBE, rate=rate)
     argv = runner.loadgen_argv(server.host, server.port, workload, connections, settings,
                                threads=len(client_cpus), duration=settings.duration)
-    result, problem = runner.finish_loadgen(runner.start_loadgen(argv, client_cpus), 30.0)
-    if result is None:
-        return {"status": "failed", "reason": problem, "requests_per_s": None}
-    return {**result, "status": "errors" if result["errors_total"] else "ok"}
+    result, problem, status = runner.finish_loadgen(runner.start_loadgen(argv, client_cpus),
+                                                    30.0)
+    record = Run(server=f"{server.host}:{server.port}", workload=workload,
+                 concurrency=connections, status=status, reason=problem)
+    if result is not None:
+        record.requests, record.requests_per_s = result["requests"], result["requests_per_s"]
+        record.latency_us, record.errors_total = result["latency_us"], result["errors_total"]
+        record.status = Status.ERRORS if result["errors_total"] else Status.OK
+    return record

@@ -250,7 +250,7 @@ def test_io_uring_without_its_binding_is_skipped_not_failed() -> None:
 
     record = runner.measure(runner.Target("io_uring", NO_BINDING), "http", 1,
                             runner.Settings(duration=0.2, warmup=0.0))
-    assert record["status"] == "skipped" and record["reason"] == reason, record
+    assert record.status == "skipped" and record.reason == reason, record
 
 
 @pytest.mark.parametrize("mode", ["single", "multishot"])

@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from bench import capacity, loadgen, runner
+from bench.records import Run, Status
 
 LOADGEN_PROBLEM = loadgen.native_problem()
 needs_loadgen = pytest.mark.skipif(LOADGEN_PROBLEM is not None, reason=LOADGEN_PROBLEM or "")
@@ -49,15 +50,21 @@ def test_md1_formula_matches_a_simulated_queue() -> None:
                                                                                   abs=1e-3)
 
 
+def probe_run(rps: float, p99: float, status: Status = Status.OK, errors: int = 0) -> Run:
+    """A probe's record: ``rps`` answered, ``p99`` us."""
+    return Run(server="synthetic", workload="echo", concurrency=10, status=status,
+               requests=1000, requests_per_s=rps, latency_us={"p99": p99},
+               errors_total=errors)
+
+
 def synthetic(threshold: float, peak: float, calls: list[float | None]):  # type: ignore[no-untyped-def]
     """A server whose p99 is 1 ms below ``threshold`` req/s and 50 ms above."""
 
-    def probe(rate: float | None) -> dict:
+    def probe(rate: float | None) -> Run:
         calls.append(rate)
         served = peak if rate is None else min(rate, peak)
         p99 = 50_000 if rate is None or rate > threshold else 1_000
-        return {"status": "ok", "errors_total": 0, "requests": 1000,
-                "requests_per_s": served, "latency_us": {"p99": p99}}
+        return probe_run(served, p99)
 
     return probe
 
@@ -83,9 +90,8 @@ def test_search_raises_the_rate_when_the_peak_itself_meets_the_target() -> None:
 
 
 def test_an_infeasible_target_reports_the_lowest_percentile_seen() -> None:
-    def probe(rate: float | None) -> dict:
-        return {"status": "ok", "errors_total": 0, "requests": 100, "requests_per_s": 1000.0,
-                "latency_us": {"p99": 9_000 + (rate or 0)}}
+    def probe(rate: float | None) -> Run:
+        return probe_run(1000.0, 9_000 + (rate or 0))
 
     found = capacity.search(probe, "p99", 5_000, steps=5)
     assert not found["feasible"] and found["capacity_rps"] is None
@@ -94,9 +100,8 @@ def test_an_infeasible_target_reports_the_lowest_percentile_seen() -> None:
 
 
 def test_errors_never_meet_the_target() -> None:
-    record = {"status": "errors", "errors_total": 3, "requests": 100,
-              "latency_us": {"p99": 10}}
-    assert not capacity.meets(record, "p99", 1_000)
+    assert capacity.meets(probe_run(100.0, 10), "p99", 1_000)
+    assert not capacity.meets(probe_run(100.0, 10, Status.ERRORS, errors=3), "p99", 1_000)
 
 
 def test_parse_slo() -> None:
@@ -148,7 +153,7 @@ def test_capacity_of_a_known_service_time_matches_md1() -> None:
     settings = runner.Settings(duration=3.0, warmup=0.3, timeout=5.0, arrivals="poisson",
                                seed=12)
 
-    def probe(rate: float | None) -> dict:
+    def probe(rate: float | None) -> Run:
         import dataclasses
 
         return runner.measure(target, "echo", connections,
@@ -164,7 +169,7 @@ def test_capacity_of_a_known_service_time_matches_md1() -> None:
         f"probes {found['probes']}")
 
 
-def arrivals_run(arrivals: str, seed: int) -> dict:
+def arrivals_run(arrivals: str, seed: int) -> Run:
     """Open loop at 1,000 req/s for 1.5 s over 4 connections against a server that
     answers at once: every request due in the window is sent and answered."""
     target = runner.Target("faulty-delay0", (FIXTURE, "--mode", "delay", "--delay-ms", "0"),
@@ -172,7 +177,7 @@ def arrivals_run(arrivals: str, seed: int) -> dict:
     settings = runner.Settings(duration=1.5, warmup=0.2, timeout=5.0, rate=1000.0,
                                arrivals=arrivals, seed=seed)
     record = runner.measure(target, "echo", 4, settings, use_perf=False)
-    assert record["status"] == "ok", record
+    assert record.status == "ok", record
     return record
 
 
@@ -182,10 +187,10 @@ def test_arrivals_are_seeded_poisson_or_uniform() -> None:
     uniform schedule gives rate x duration, a Poisson one a count that varies from seed
     to seed like a Poisson variable (standard deviation ~39 here) and repeats exactly
     (give or take one at either end of the window) with the same seed."""
-    uniform = arrivals_run("uniform", 1)["requests"]
+    uniform = arrivals_run("uniform", 1).requests
     assert abs(uniform - 1500) <= 4, uniform
-    first, again = (arrivals_run("poisson", 5)["requests"] for _ in range(2))
+    first, again = (arrivals_run("poisson", 5).requests for _ in range(2))
     assert abs(first - again) <= 2, (first, again)
     assert abs(first - 1500) < 5 * math.sqrt(1500), first
-    others = [arrivals_run("poisson", seed)["requests"] for seed in (6, 7)]
+    others = [arrivals_run("poisson", seed).requests for seed in (6, 7)]
     assert any(abs(other - first) > 2 for other in others), (first, others)

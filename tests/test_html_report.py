@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from bench import report, runner
+from bench import report
+from bench.records import Run, Status
 from tests.browser import headless_chromium, why_no_browser
 
 COMMAND = ["--servers", "a,b,c", "--slo", "p99=5ms", "--workloads", "echo"]
 
 
-def fake_run(server: str, rps: float, repeat: int, status: str = "ok") -> dict:
-    record = runner.empty_record(runner.Target(server, ()), "echo", 10, repeat)
-    record.update(status=status, requests_per_s=rps, requests=int(rps), reason="",
-                  latency_us={"p50": 100, "p90": 200, "p99": 400 + rps / 10,
-                              "p999": 900, "max": 2000})
-    return record
+def fake_run(server: str, rps: float, repeat: int, status: str = "ok") -> Run:
+    return Run(server=server, workload="echo", concurrency=10, repeat=repeat,
+               status=Status(status), requests_per_s=rps, requests=int(rps),
+               latency_us={"p50": 100, "p90": 200, "p99": 400 + rps / 10, "p999": 900,
+                           "max": 2000})
 
 
 def search(server: str, capacity_rps: float | None) -> dict:
@@ -47,7 +47,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs += [fake_run("b", v, i) for i, v in enumerate((3000, 3100, 2900))]
     runs += [fake_run("c", 500, i, status="failed") for i in range(3)]
     for r in runs[6:]:
-        r["reason"] = "server died during the run (exit status 1)"
+        r.reason = "server died during the run (exit status 1)"
     meta = {"argv": COMMAND, "settings": {"duration": 0.5, "repeat": 3},
             "machine": {"cpu_model": "Test CPU", "cpus": 2}, "kernel": "Linux test",
             "python": "3.11", "git": "abc1234", "started": "2026-11-29T16:00:00"}

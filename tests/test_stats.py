@@ -7,16 +7,15 @@ import random
 
 import pytest
 
-from bench import compare, report, runner, stats
+from bench import aggregate, compare, stats, tables, why
+from bench.records import LATENCY_KEYS, Run, Status
 
 TRUE_MEDIAN = 10_000.0
 
 
-def run_record(server: str, rps: float, c: int = 10, repeat: int = 0) -> dict:
-    record = runner.empty_record(runner.Target(server, ()), "echo", c, repeat)
-    record.update(status="ok", requests_per_s=rps, requests=int(rps),
-                  latency_us=dict.fromkeys(report.LATENCY_KEYS, 100))
-    return record
+def run_record(server: str, rps: float, c: int = 10, repeat: int = 0) -> Run:
+    return Run(server=server, workload="echo", concurrency=c, repeat=repeat, status=Status.OK,
+               requests_per_s=rps, requests=int(rps), latency_us=dict.fromkeys(LATENCY_KEYS, 100))
 
 
 @pytest.mark.parametrize("df, table", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776),
@@ -44,9 +43,10 @@ def test_adaptive_repeats_converge_and_cover_the_true_median() -> None:
         while stats.needs_more(values, 5.0, max_repeats=60):
             values.append(TRUE_MEDIAN * (1 + rng.gauss(0, 0.10)))
         runs = [run_record("s", v, repeat=i) for i, v in enumerate(values)]
-        (result,) = report.aggregate(runs, ci_target=5.0)
-        assert result["ci_converged"], (len(values), result["ci"]["requests_per_s"])
-        iv = result["ci"]["requests_per_s"]
+        (result,) = aggregate.aggregate(runs, ci_target=5.0)
+        assert result.ci_converged, (len(values), result.interval("requests_per_s"))
+        iv = result.interval("requests_per_s")
+        assert iv is not None
         covered += iv["low"] <= TRUE_MEDIAN <= iv["high"]
         repeats.append(len(values))
     assert covered >= 90, covered
@@ -55,33 +55,33 @@ def test_adaptive_repeats_converge_and_cover_the_true_median() -> None:
 
 def test_a_cell_that_does_not_converge_is_marked() -> None:
     runs = [run_record("s", v, repeat=i) for i, v in enumerate((1000, 2000, 1500, 900, 2100))]
-    (result,) = report.aggregate(runs, ci_target=5.0)
-    assert result["ci_converged"] is False
-    assert "~" in report.throughput_table([result], "echo")
+    (result,) = aggregate.aggregate(runs, ci_target=5.0)
+    assert result.ci_converged is False
+    assert "~" in tables.throughput_table([result], "echo")
 
 
 def test_overlapping_intervals_are_ties_in_the_table_and_the_ranking() -> None:
     runs = [run_record("a", v) for v in (1000, 1100, 1050)]
     runs += [run_record("b", v) for v in (1040, 1150, 1090)]  # overlaps a
     runs += [run_record("c", v) for v in (500, 520, 510)]  # clearly slower
-    results = report.aggregate(runs)
-    assert report.best_by_column(results, "echo") == {10: {"a", "b"}}
-    table = report.throughput_table(results, "echo")
+    results = aggregate.aggregate(runs)
+    assert aggregate.best_by_column(results, "echo") == {10: {"a", "b"}}
+    table = tables.throughput_table(results, "echo")
     assert table.count("*") == 2 and "±" in table
-    rank = {r["server"]: r for r in report.ranking(results)}
+    rank = {r["server"]: r for r in aggregate.ranking(results)}
     assert rank["a"]["rank"] == rank["b"]["rank"] == 1 and rank["a"]["tied"]
     assert rank["c"]["rank"] == 3 and not rank["c"]["tied"]
-    assert "1=" in report.ranking_table(list(rank.values()), ["echo"])
+    assert "1=" in tables.ranking_table(list(rank.values()), ["echo"])
 
 
 def test_compare_uses_the_same_rule() -> None:
-    old = report.aggregate([run_record("a", v) for v in (1000, 1100, 1050)])[0]
-    tie = report.aggregate([run_record("a", v) for v in (1040, 1150, 1090)])[0]
-    apart = report.aggregate([run_record("a", v) for v in (1500, 1550, 1520)])[0]
+    old = aggregate.aggregate([run_record("a", v) for v in (1000, 1100, 1050)])[0]
+    tie = aggregate.aggregate([run_record("a", v) for v in (1040, 1150, 1090)])[0]
+    apart = aggregate.aggregate([run_record("a", v) for v in (1500, 1550, 1520)])[0]
     assert not compare.significant(old, tie)
     assert compare.significant(old, apart)
     for a, b in ((old, tie), (old, apart)):
-        assert compare.significant(a, b) == (not report.tied_with(a, b))
+        assert compare.significant(a, b) == (not aggregate.tied_with(a, b))
 
 
 def test_single_repeats_fall_back_to_a_threshold() -> None:
@@ -104,7 +104,7 @@ def test_halves_that_disagree_are_unstable() -> None:
 
 def test_unstable_cells_are_marked_and_listed() -> None:
     runs = [run_record("a", 1000), run_record("a", 1010, repeat=1)]
-    runs[1]["unstable"] = "unstable: p99 900 us in the first half, 9000 us in the second"
-    (result,) = report.aggregate(runs)
-    assert "u" in report.cell_text(result, False)
-    assert any("unstable" in line for line in report.not_clean([result]))
+    runs[1].unstable = "unstable: p99 900 us in the first half, 9000 us in the second"
+    (result,) = aggregate.aggregate(runs)
+    assert "u" in tables.cell_text(result, False)
+    assert any("unstable" in line for line in why.not_clean([result]))
