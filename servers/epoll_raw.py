@@ -7,34 +7,23 @@ where every ready descriptor is drained until EAGAIN.
 from __future__ import annotations
 
 import argparse
-import socket
 
-from servers.backend import Backend
 from servers.cli import main
-from servers.drivers.pollers import EdgePoller, EpollPoller
-from servers.drivers.readiness import ReadinessLoop
-from servers.settings import Settings
-from servers.stop import StopSignal
+from servers.drivers.pollers import EdgePoller, EpollPoller, Poller
+from servers.drivers.readiness import ReadinessBackend
 
 
-class Epoll(Backend):
+class Epoll(ReadinessBackend):
     """One thread, one epoll instance, every connection non-blocking."""
 
     name = "epoll"
-    guestbook = True
-    backend_pool = True
-
-    def can_sendfile(self, options: argparse.Namespace) -> bool:
-        return True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--edge", action="store_true",
                             help="edge-triggered (EPOLLET) instead of level-triggered")
 
-    def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
-              options: argparse.Namespace) -> None:
-        poller = EdgePoller() if options.edge else EpollPoller()
-        ReadinessLoop(poller, listener, settings, stop).run()
+    def poller(self, options: argparse.Namespace) -> Poller:
+        return EdgePoller() if options.edge else EpollPoller()
 
 
 if __name__ == "__main__":

@@ -9,29 +9,19 @@ at once (logged once) and keeps serving the others.
 from __future__ import annotations
 
 import argparse
-import socket
 
-from servers.backend import Backend
 from servers.cli import main
-from servers.drivers.pollers import SelectPoller
-from servers.drivers.readiness import ReadinessLoop
-from servers.settings import Settings
-from servers.stop import StopSignal
+from servers.drivers.pollers import Poller, SelectPoller
+from servers.drivers.readiness import ReadinessBackend
 
 
-class Select(Backend):
+class Select(ReadinessBackend):
     """One thread, select(2) over every connection; descriptors below 1024 only."""
 
     name = "select"
-    guestbook = True
-    backend_pool = True
 
-    def can_sendfile(self, options: argparse.Namespace) -> bool:
-        return True
-
-    def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
-              options: argparse.Namespace) -> None:
-        ReadinessLoop(SelectPoller(), listener, settings, stop).run()
+    def poller(self, options: argparse.Namespace) -> Poller:
+        return SelectPoller()
 
 
 if __name__ == "__main__":

@@ -208,16 +208,11 @@ class CoreProtocol(Connection, asyncio.BufferedProtocol):
     def backend_done(self, replies: list[object] | None) -> None:
         """The pool's answer to our call: replies, or None when Redis could not answer."""
         self.awaiting = False
-        session, transport = self.session, self.transport
+        transport = self.transport
         assert transport is not None
-        if self.closed or transport.is_closing():
+        if transport.is_closing():
             return  # aborted (timeout, stop): connection_lost follows
-        now = time.monotonic()
-        if replies is None:
-            session.backend_failed(now)
-        else:
-            session.backend_replied(replies, now)
-        self.pump(now)
+        self.backend_answered(replies, time.monotonic())
         self._rearm_if_sooner()  # held input parsed: a request head may have begun
 
     # -- files -------------------------------------------------------------------------

@@ -30,7 +30,8 @@ the transport takes it now, or start writing its head), :meth:`~Connection._inte
 (wait for readability and/or writability), :meth:`~Connection._half_close`,
 :meth:`~Connection._close` and :meth:`~Connection._perform` (a backend call).
 It feeds what it reads to the session and calls :meth:`~Connection.pump`; it
-reports the end of stream with :meth:`~Connection.eof`; while
+reports the end of stream with :meth:`~Connection.eof` and a backend call's
+answer with :meth:`~Connection.backend_answered`; while
 :attr:`~Connection.lingering` it drops what it reads and reports its size to
 :meth:`~Connection.lingered`.
 
@@ -200,6 +201,18 @@ class Connection:
             reading = session.wants_input and not self.throttled
             if self.writing or reading != self.reading:
                 self._interest(reading, False)
+
+    def backend_answered(self, replies: list[object] | None, now: float) -> None:
+        """The answer to the session's backend call (None: the backend could not be
+        reached): its response is made and the connection goes on; dropped if the
+        connection is gone."""
+        if self.closed:
+            return
+        if replies is None:
+            self.session.backend_failed(now)
+        else:
+            self.session.backend_replied(replies, now)
+        self.pump(now)
 
     def eof(self, now: float) -> None:
         """The peer ended its stream: what it sent is still answered, then close."""

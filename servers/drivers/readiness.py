@@ -25,6 +25,7 @@ descriptor below it fails (503) and the loop goes on.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import socket
@@ -32,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from servers.backend import Backend
 from servers.core import FileSlice, Session, session_factory
 from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import AcceptBackoff
@@ -368,14 +370,7 @@ class ReadinessLoop:
                           self._link_close)
 
     def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
-        if conn.closed:
-            return  # gone meanwhile: the reply is dropped
-        now = self.clock()
-        if replies is None:
-            conn.session.backend_failed(now)
-        else:
-            conn.session.backend_replied(replies, now)
-        conn.pump(now)
+        conn.backend_answered(replies, self.clock())
 
     def _link_open(self, link: Link) -> None:
         """Start a non-blocking connect; a unix socket usually connects at once."""
@@ -504,3 +499,21 @@ class ReadinessLoop:
         if kind not in self._backend_logged:
             self._backend_logged.add(kind)
             print(message, file=sys.stderr, flush=True)
+
+
+class ReadinessBackend(Backend):
+    """A backend that is this loop on one poller (select, poll, epoll): it names the
+    poller; the guestbook's pool and sendfile come with the loop."""
+
+    guestbook = True
+    backend_pool = True
+
+    def can_sendfile(self, options: argparse.Namespace) -> bool:
+        return True
+
+    def poller(self, options: argparse.Namespace) -> Poller:
+        raise NotImplementedError
+
+    def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
+              options: argparse.Namespace) -> None:
+        ReadinessLoop(self.poller(options), listener, settings, stop).run()
