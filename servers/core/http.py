@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
@@ -45,6 +46,9 @@ from servers.settings import Settings
 _GET_HEAD = (b"GET", b"HEAD")
 _HEADER_LINE_OVERHEAD = 4  # ": " and CRLF around each name/value pair
 _HEAD_END = b"\r\n\r\n"
+# The lengths of the header names the core reads (connection, content-type,
+# content-length, proxy-connection, transfer-encoding): others are not lowered.
+_READ_NAME_LENGTHS = frozenset((10, 12, 14, 16, 17))
 
 
 class HttpApp:
@@ -56,25 +60,44 @@ class HttpApp:
         self.guestbook = (Guestbook(settings.backend_wait_ms)
                           if settings.redis is not None else None)
         self.dates = wire.DateCache()
-        self._pages: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        # Whole responses that differ only by their Date, composed once per second: the
+        # benchmark page per connection kind (wire.KEEP, CLOSE, KEEP_10) as (with body,
+        # head only), and the error responses by (status, connection kind, head only).
+        self._second = -1
+        self._pages: list[tuple[bytes, bytes]] = []
+        self._errors: dict[tuple[int, int, bool], bytes] = {}
 
     def new_session(self, now: float) -> HttpSession:
         return HttpSession(self, now)
 
-    def page(self, connection: int) -> tuple[bytes, bytes]:
-        """The benchmark page's head, and its head and body as one write, composed once
-        per second and connection kind (the Date changes each second)."""
-        date = self.dates.now()
-        key = (date, connection)
-        page = self._pages.get(key)
-        if page is None:
-            if len(self._pages) > 16:
-                self._pages.clear()
-            head = wire.compose_head(
-                200, date, wire.PAGE_CONTENT_TYPE, len(wire.PAGE_BODY), connection
+    def page(self, connection: int, head_only: bool) -> bytes:
+        """The benchmark page's response."""
+        second = int(time.time())
+        if second != self._second:
+            self._turn_second(second)
+        return self._pages[connection][head_only]
+
+    def error(self, status: int, connection: int, head_only: bool = False) -> bytes:
+        """An error response."""
+        second = int(time.time())
+        if second != self._second:
+            self._turn_second(second)
+        key = (status, connection, head_only)
+        response = self._errors.get(key)
+        if response is None:
+            response = self._errors[key] = wire.error_response(
+                status, self.dates.at(second), connection, head_only=head_only
             )
-            page = self._pages[key] = (head, head + wire.PAGE_BODY)
-        return page
+        return response
+
+    def _turn_second(self, second: int) -> None:
+        date = self.dates.at(second)
+        self._pages = []
+        for kind in (wire.KEEP, wire.CLOSE, wire.KEEP_10):  # in index order
+            head = wire.compose_head(200, date, wire.PAGE_CONTENT_TYPE, len(wire.PAGE_BODY), kind)
+            self._pages.append((head + wire.PAGE_BODY, head))
+        self._errors.clear()
+        self._second = second
 
 
 class _Abort(Exception):
@@ -91,18 +114,26 @@ class HttpSession(Session):
     def __init__(self, app: HttpApp, now: float) -> None:
         super().__init__(app.settings, now)
         self._app = app
+        self._max_head = app.settings.max_header_bytes
+        self._max_body = app.settings.max_body_bytes
+        self._serves_page = app.files is None  # "/" is the benchmark page
         self._parser = httptools.HttpRequestParser(self)
         self._now = now
         self._head_started: float | None = None  # a request head is in progress since then
         self._in_body = False
         self._head_bytes = 0
         self._head_raw = 0
+        self._url: bytes | bytearray = b""  # bytes, or a bytearray once it came in pieces
+        # What only some requests set, reset when one did (see _reset_request).
+        self._unusual = False
         self._body_bytes = 0
         self._transfer_encoding = False
         self._too_large = False  # a declared length over the limit: 413 once the head ends
         self._body_left = 0  # Content-Length bytes of the body not parsed yet
-        self._url = bytearray()
         self._content_type: bytes | None = None
+        # A Connection header was read: only then can the version matter (HTTP/1.0 keeps
+        # the connection only when it asks), so the version is not read for the others.
+        self._connection_header = False
         self._body: bytearray | None = None  # kept only for a guestbook POST
 
     # -- driver side -------------------------------------------------------------------
@@ -142,7 +173,7 @@ class HttpSession(Session):
         if self._head_started is None and not self._in_body:
             self._head_started = self._now  # the first byte of a request, blank lines too
         if self._head_started is not None:
-            room = self.settings.max_header_bytes - self._head_raw
+            room = self._max_head - self._head_raw
             if len(piece) > room:
                 # Only the head's first max_header_bytes are parsed: a fault among them
                 # is 400, else the byte past the limit is the fault, 431 (WIRE.md),
@@ -160,12 +191,12 @@ class HttpSession(Session):
             return
         except httptools.HttpParserUpgrade:
             # Upgrades are not supported: what was answered stands, then the connection ends.
-            self.closing = True
+            self._closing = True
             return
         except httptools.HttpParserError:
             self._fail(400)
             return
-        if self._head_started is not None and self._head_raw > self.settings.max_header_bytes:
+        if self._head_started is not None and self._head_raw > self._max_head:
             self._fail(431)
 
     def _callback_failed(self, cause: BaseException | None) -> None:
@@ -183,24 +214,45 @@ class HttpSession(Session):
 
     # -- parser callbacks --------------------------------------------------------------
 
+    # The parser calls only the callbacks defined here, each a Python call per request
+    # (or per header): they keep to a few attribute updates, and what only some
+    # requests need (a body, the headers the core reads) costs only those requests.
+
     def on_message_begin(self) -> None:
         if self._head_started is None:
             self._head_started = self._now
         self._head_bytes = 0
+        self._url = b""
+        if self._unusual:
+            self._reset_request()
+
+    def _reset_request(self) -> None:
+        self._unusual = False
         self._body_bytes = 0
         self._transfer_encoding = False
         self._too_large = False
         self._body_left = 0
-        self._url.clear()
         self._content_type = None
+        self._connection_header = False
         self._body = None
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._count_head(len(url))
+        if self._url:
+            if type(self._url) is bytes:
+                self._url = bytearray(self._url)  # the target comes in pieces
+            self._url += url
+        else:
+            self._url = url
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_head:
+            self._abort(431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + _HEADER_LINE_OVERHEAD)
+        self._head_bytes += len(name) + len(value) + _HEADER_LINE_OVERHEAD
+        if self._head_bytes > self._max_head:
+            self._abort(431)
+        if len(name) not in _READ_NAME_LENGTHS:
+            return
         lower = name.lower()
         if lower == b"content-length":
             try:
@@ -209,12 +261,17 @@ class HttpSession(Session):
                 declared = 0  # the parser itself rejects a malformed length
             # Decided when the head ends, so a fault later in the head wins whatever
             # the reads split (WIRE.md's table).
-            self._too_large = declared > self.settings.max_body_bytes
+            self._too_large = declared > self._max_body
             self._body_left = declared
         elif lower == b"transfer-encoding":
             self._transfer_encoding = True
         elif lower == b"content-type":
             self._content_type = value
+        elif lower == b"connection" or lower == b"proxy-connection":  # llhttp reads both
+            self._connection_header = True
+        else:
+            return
+        self._unusual = True
 
     def on_headers_complete(self) -> None:
         if self._too_large:
@@ -225,18 +282,20 @@ class HttpSession(Session):
         if self._app.guestbook is not None and self._parser.get_method() == b"POST" \
                 and self._is_guestbook(bytes(self._url)):
             self._body = bytearray()
+            self._unusual = True
         if self._transfer_encoding and self._parser.get_http_version() == "1.0":
             # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing, so what
             # follows the head cannot be trusted: answer now, then close.
             self._answer(wire.CLOSE)
-            self.closing = True
+            self._closing = True
             self._abort(0)
 
     def on_body(self, body: bytes) -> None:
+        self._unusual = True
         if not self._transfer_encoding:
             self._body_left -= len(body)
         self._body_bytes += len(body)
-        if self._body_bytes > self.settings.max_body_bytes:
+        if self._body_bytes > self._max_body:
             self._abort(413)
         if self._body is not None:
             self._body += body
@@ -247,21 +306,18 @@ class HttpSession(Session):
         parser = self._parser
         if not parser.should_keep_alive():
             connection = wire.CLOSE
-        elif parser.get_http_version() == "1.0":
+        elif self._connection_header and parser.get_http_version() == "1.0":
+            # Only a Connection header keeps an HTTP/1.0 connection, so a request
+            # without one kept alive is not 1.0 (reading the version costs a string).
             connection = wire.KEEP_10
         else:
             connection = wire.KEEP
         self._answer(connection)
         if connection == wire.CLOSE:
-            self.closing = True
+            self._closing = True
             self._abort(0)
 
     # -- responses ---------------------------------------------------------------------
-
-    def _count_head(self, n: int) -> None:
-        self._head_bytes += n
-        if self._head_bytes > self.settings.max_header_bytes:
-            self._abort(431)
 
     def _abort(self, status: int) -> None:
         raise _Abort(status)
@@ -269,12 +325,17 @@ class HttpSession(Session):
     def _fail(self, status: int) -> None:
         """Answer an error that ends the connection (status 0: just stop)."""
         if status and not self._closing:
-            self._emit(wire.error_response(status, self._app.dates.now(), wire.CLOSE))
-        self.closing = True
+            self._emit(self._app.error(status, wire.CLOSE))
+        self._closing = True
 
     def _answer(self, connection: int) -> None:
         """Respond to the request just parsed; an unexpected failure becomes a 500."""
-        method, url = self._parser.get_method(), bytes(self._url)
+        method = self._parser.get_method()
+        if self._url == b"/" and self._serves_page and method in _GET_HEAD:
+            # The benchmark page, most requests: nothing to route, nothing to fail.
+            self._emit(self._app.page(connection, method == b"HEAD"))
+            return
+        url = bytes(self._url)
         mark = self._output_mark()
         try:
             self._respond(method, url, connection)
@@ -283,8 +344,7 @@ class HttpSession(Session):
         except Exception as exc:  # noqa: BLE001 - one request fails, not the connection
             self._drop_output_since(mark)
             self._log_failure(exc, method, url)
-            self._emit(wire.error_response(500, self._app.dates.now(), connection,
-                                           head_only=method == b"HEAD"))
+            self._emit(self._app.error(500, connection, method == b"HEAD"))
 
     @staticmethod
     def _log_failure(exc: BaseException | None, method: bytes = b"", url: bytes = b"") -> None:
@@ -306,7 +366,7 @@ class HttpSession(Session):
             self._respond_guestbook(app.guestbook, method, connection)
             return
         if method not in _GET_HEAD:
-            self._emit(wire.error_response(405, app.dates.now(), connection))
+            self._emit(app.error(405, connection))
             return
         head_only = method == b"HEAD"
         try:
@@ -318,11 +378,9 @@ class HttpSession(Session):
             return
         if app.files is None:
             if path == b"/":
-                head, whole = app.page(connection)
-                self._emit(head if head_only else whole)
+                self._emit(app.page(connection, head_only))
             else:
-                date = app.dates.now()
-                self._emit(wire.error_response(404, date, connection, head_only=head_only))
+                self._emit(app.error(404, connection, head_only))
             return
         self._respond_file(path, connection, head_only)
 
@@ -343,7 +401,7 @@ class HttpSession(Session):
             else:
                 self._await_app(call, app.finish_post, connection, head_only=False)
         else:
-            self._emit(wire.error_response(405, self._app.dates.now(), connection))
+            self._emit(self._app.error(405, connection))
 
     def _await_app(self, call: BackendCall, render: Callable[[list[object]], AppResponse],
                    connection: int, head_only: bool) -> None:
@@ -353,8 +411,7 @@ class HttpSession(Session):
                 self._emit_app(answer, connection, head_only)
             except Exception as exc:  # noqa: BLE001 - this request fails, not the driver
                 self._log_failure(exc, b"GUESTBOOK", Guestbook.path)
-                self._emit(wire.error_response(500, self._app.dates.now(), connection,
-                                               head_only=head_only))
+                self._emit(self._app.error(500, connection, head_only))
 
         self._await_backend(call, finish)
 
@@ -370,16 +427,16 @@ class HttpSession(Session):
         resolved = app.files.resolve(path)
         date = app.dates.now()
         if resolved is None:
-            self._emit(wire.error_response(404, date, connection, head_only=head_only))
+            self._emit(app.error(404, connection, head_only))
             return
         if resolved.is_dir:
             try:
                 body = app.files.listing(resolved, unquote_to_bytes(path))
             except PermissionError:
-                self._emit(wire.error_response(403, date, connection, head_only=head_only))
+                self._emit(app.error(403, connection, head_only))
                 return
             except (FileNotFoundError, NotADirectoryError):
-                self._emit(wire.error_response(404, date, connection, head_only=head_only))
+                self._emit(app.error(404, connection, head_only))
                 return
             self._emit(wire.compose_head(200, date, "text/html; charset=utf-8", len(body),
                                          connection))
@@ -391,10 +448,10 @@ class HttpSession(Session):
         try:
             fd = os.open(resolved.path, os.O_RDONLY | os.O_CLOEXEC)
         except PermissionError:
-            self._emit(wire.error_response(403, date, connection, head_only=head_only))
+            self._emit(app.error(403, connection, head_only))
             return
         except OSError:
-            self._emit(wire.error_response(404, date, connection, head_only=head_only))
+            self._emit(app.error(404, connection, head_only))
             return
         try:
             st = os.fstat(fd)

@@ -51,7 +51,10 @@ class DateCache:
         self._value = ""
 
     def now(self) -> str:
-        second = int(time.time())
+        return self.at(int(time.time()))
+
+    def at(self, second: int) -> str:
+        """The value for ``second`` (a ``time.time()`` truncated), formatted when it changed."""
         if second != self._second:
             self._second = second
             self._value = http_date(second)
