@@ -3,8 +3,9 @@
 :func:`make_root` builds the small file tree the tests serve (``FILE_TARGETS`` name
 what is in it and around it; ``PAGE_TARGETS`` for a server without a root).
 
-:func:`core_answer` feeds a whole stream to a fresh core session (sans-IO, no socket),
-then end-of-file, and returns every byte it would send, file slices read back.
+:func:`core_reply` feeds a whole stream to a fresh core session (sans-IO, no socket),
+then end-of-file unless told not to, and gives every byte it would send (file slices
+read back) and whether it then closes; :func:`core_answer` is its bytes after EOF.
 :func:`socket_answer` writes the same stream to a server piece by piece, half-closes
 and reads until the server closes; a reset is marked in the answer, because a reset
 can destroy a response the peer never reads. Both blank the ``Date`` values.
@@ -16,6 +17,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from servers.core.session import FileSlice, session_factory, write_size
 from servers.settings import Settings
@@ -40,12 +42,20 @@ def make_root(path: Path) -> Path:
     return path
 
 
-def core_answer(data: bytes, root: Path | None = None) -> bytes:
-    """What the core sends for ``data`` then end-of-file, with default limits."""
+class CoreReply(NamedTuple):
+    answer: bytes  # Date values blanked
+    closes: bool  # the core closes the connection after it
+
+
+def core_reply(data: bytes, root: Path | None = None, *, eof: bool = True) -> CoreReply:
+    """What the core sends for ``data`` (then end-of-file when ``eof``), with default
+    limits, and whether it closes; a client that sends ``data`` and keeps its side open
+    (``eof=False``) sees the same bytes up to the close."""
     now = time.monotonic()
     session = session_factory(Settings(proto="http", root=root))(now)
     session.received(data, now)
-    session.eof_received(now)
+    if eof:
+        session.eof_received(now)
     out = bytearray()
     # Bounded: each round either parses held input or ends (the output is taken whole).
     for _ in range(len(data) + 2):
@@ -54,7 +64,12 @@ def core_answer(data: bytes, root: Path | None = None) -> bytes:
             out += _read_slice(item) if isinstance(item, FileSlice) else item
         if not session.resume(now):
             break
-    return without_date(bytes(out))
+    return CoreReply(without_date(bytes(out)), session.closing)
+
+
+def core_answer(data: bytes, root: Path | None = None) -> bytes:
+    """What the core sends for ``data`` then end-of-file."""
+    return core_reply(data, root).answer
 
 
 def _read_slice(item: FileSlice) -> bytes:

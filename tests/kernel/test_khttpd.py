@@ -12,6 +12,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 
 from servers.core import wire
+from tests.differential import core_reply
 from tests.kernel import helpers
 
 DATE_RE = re.compile(rb"\r\nDate: ([^\r\n]*)\r\n")
@@ -23,19 +24,6 @@ def khttpd(port: int) -> int:
     helpers.load("khttpd", port=port)
     helpers.connect(port).close()
     return port
-
-
-def core_response(request: bytes) -> tuple[bytes, bool]:
-    """What the user-space core answers to ``request`` (Date blanked), and if it closes."""
-    try:
-        from servers.core.session import session_factory
-        from servers.settings import Settings
-    except ImportError:  # pragma: no cover - the core is part of the project
-        pytest.skip("servers.core has no session_factory")
-    session = session_factory(Settings(proto="http"))(time.monotonic())
-    session.received(request, time.monotonic())
-    out = b"".join(w for w in session.take_output() if isinstance(w, bytes))
-    return blank_dates(out), session.closing
 
 
 def blank_dates(data: bytes) -> bytes:
@@ -71,7 +59,7 @@ def test_get_root_matches_wire_and_core(khttpd: int) -> None:
         raw = helpers.read_exactly(s, real_len(expected))
     check_dates(raw)
     assert blank_dates(raw) == expected
-    assert core_response(req) == (expected, False)
+    assert core_reply(req, eof=False) == (expected, False)
     length = int(re.search(rb"Content-Length: (\d+)", raw).group(1))
     assert length == len(raw.split(b"\r\n\r\n", 1)[1]) == len(wire.PAGE_BODY)
 
@@ -88,7 +76,7 @@ def test_pipelined_in_order(khttpd: int) -> None:
     reqs = [b"GET / HTTP/1.1\r\n\r\n", b"HEAD / HTTP/1.1\r\n\r\n", b"GET /nope HTTP/1.1\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", b"GET /?q=1 HTTP/1.1\r\n\r\n"]
     batch = b"".join(reqs) * 40 + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
-    expected, closes = core_response(batch)
+    expected, closes = core_reply(batch, eof=False)
     assert closes
     with helpers.connect(khttpd) as s:
         s.sendall(batch)
@@ -141,7 +129,7 @@ CASES = [
 
 @pytest.mark.parametrize(("request_bytes", "closes"), CASES)
 def test_responses_match_core(khttpd: int, request_bytes: bytes, closes: bool) -> None:
-    expected, core_closes = core_response(request_bytes)
+    expected, core_closes = core_reply(request_bytes, eof=False)
     assert core_closes == closes
     with helpers.connect(khttpd) as s:
         s.sendall(request_bytes)
@@ -160,7 +148,7 @@ def test_chunked_body_with_trailer_then_pipelined(khttpd: int) -> None:
     body = b"3;ext=1\r\nabc\r\n10\r\n" + b"z" * 16 + b"\r\n0\r\nTrailer: v\r\n\r\n"
     batch = b"GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body
     batch += b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
-    not_found, _ = core_response(b"GET /x HTTP/1.1\r\n\r\n")
+    not_found, _ = core_reply(b"GET /x HTTP/1.1\r\n\r\n", eof=False)
     with helpers.connect(khttpd) as s:
         s.sendall(batch)
         raw = helpers.read_until_eof(s)

@@ -1,7 +1,7 @@
 """khttpd root=: files and listings as the core serves them, confined to the root.
 
 Every answer is compared with the user-space core's answer to the same request
-over the same directory (servers.core driven in-process, file slices read back),
+over the same directory (tests/differential.py: servers.core in-process, files read back),
 Date blanked: listings, content types, Last-Modified, errors. Then the traversal
 corpus, FIFOs and device nodes, a non-UTF-8 name, a 16 MiB file with bounded
 memory, and unloading in the middle of a large transfer.
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from servers.core import wire
-from servers.settings import Settings
+from tests.differential import core_reply
 from tests.kernel import helpers
 from tests.kernel.test_khttpd import blank_dates, check_dates
 
@@ -104,30 +104,6 @@ def served(port: int, tree: Path) -> int:
     return load_root(port, tree)
 
 
-def core_answer(root: Path, request: bytes) -> tuple[bytes, bool]:
-    """The core's bytes for ``request`` over ``root`` (files read back), Date blanked."""
-    from servers.core.session import FileSlice, session_factory
-
-    session = session_factory(Settings(proto="http", root=root))(time.monotonic())
-    session.received(request, time.monotonic())
-    out = bytearray()
-    for w in session.take_output():
-        if isinstance(w, FileSlice):
-            try:
-                offset, left = w.offset, w.count
-                while left:
-                    chunk = os.pread(w.fileno(), min(left, 1 << 20), offset)
-                    assert chunk
-                    out += chunk
-                    offset += len(chunk)
-                    left -= len(chunk)
-            finally:
-                w.close()
-        else:
-            out += w
-    return blank_dates(bytes(out)), session.closing
-
-
 class Reader:
     """Whole responses off one connection, pipelined ones included."""
 
@@ -173,7 +149,7 @@ def ask(port: int, target: bytes, method: bytes = b"GET") -> bytes:
 def same_as_core(port: int, root: Path, target: bytes, method: bytes = b"GET") -> bytes:
     """The kernel's answer to one request equals the core's; returns it (Date blanked)."""
     req = method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-    expected, closes = core_answer(root, req)
+    expected, closes = core_reply(req, root, eof=False)
     assert not closes, expected
     raw = ask(port, target, method)
     check_dates(raw)
@@ -233,7 +209,7 @@ def test_pipelined_files_and_listings(served: int, tree: Path) -> None:
             b"POST /index.html HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
             b"GET /missing HTTP/1.1\r\n\r\n"]
     batch = b"".join(reqs) * 5 + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
-    expected, closes = core_answer(tree, batch)
+    expected, closes = core_reply(batch, tree, eof=False)
     assert closes
     with helpers.connect(served) as s:
         s.sendall(batch)
@@ -260,7 +236,7 @@ TRAVERSAL = [
 def test_traversal_refused(served: int, tree: Path, target: bytes) -> None:
     raw = ask(served, target)
     assert SECRET not in raw and b"root:" not in raw
-    expected, _ = core_answer(tree, b"GET " + target + b" HTTP/1.1\r\n\r\n")
+    expected, _ = core_reply(b"GET " + target + b" HTTP/1.1\r\n\r\n", tree, eof=False)
     if target == b"/sub/../index.html":  # ".." is refused even when it stays inside
         assert status(expected) == 404
     assert blank_dates(raw) == expected
@@ -271,7 +247,7 @@ def test_traversal_refused(served: int, tree: Path, target: bytes) -> None:
 def test_fifo_and_device_answered_at_once(served: int, tree: Path, name: bytes) -> None:
     """A FIFO with no writer and device nodes are never opened: 404 (the core's answer)
     at once, and the worker goes on serving the connection."""
-    expected, _ = core_answer(tree, b"GET /" + name + b" HTTP/1.1\r\n\r\n")
+    expected, _ = core_reply(b"GET /" + name + b" HTTP/1.1\r\n\r\n", tree, eof=False)
     assert status(expected) == 404
     with helpers.connect(served) as s:
         start = time.monotonic()
@@ -293,7 +269,7 @@ def test_non_utf8_name(served: int, tree: Path) -> None:
     assert b"Content-Type: text/plain; charset=utf-8\r\n" in got
     # The raw byte in the request line is not a valid target: 400, as the core.
     req = b"GET /caf\xe9.txt HTTP/1.1\r\n\r\n"
-    expected, closes = core_answer(tree, req)
+    expected, closes = core_reply(req, tree, eof=False)
     with helpers.connect(served) as s:
         s.sendall(req)
         raw = helpers.read_until_eof(s)
@@ -404,7 +380,7 @@ def test_every_extension_typed_as_core(port: int, tmp_path: Path) -> None:
             req = b"HEAD " + target + b" HTTP/1.1\r\n\r\n"
             s.sendall(req)
             got = blank_dates(reader.response(head_only=True))
-            assert got == core_answer(root, req)[0], name
+            assert got == core_reply(req, root, eof=False).answer, name
     same_as_core(port, root, b"/")
 
 
