@@ -374,7 +374,7 @@ def vm_note(host_cores: int | None) -> str:
 def run_vm(argv: list[str], options: argparse.Namespace, estimate_s: float) -> int:
     """Re-run this command inside the QEMU guest and show its output."""
     try:
-        from bench import vm
+        from bench import vm_qemu
     except ImportError as exc:
         print(f"python -m bench: --vm: bench.vm not available ({exc})", file=sys.stderr)
         return 2
@@ -403,7 +403,8 @@ def run_vm(argv: list[str], options: argparse.Namespace, estimate_s: float) -> i
           f"{' '.join(command)}", file=sys.stderr)
     try:
         # as many vCPUs as host cores, and at least two: the load generator gets one
-        result = vm.run_in_guest(command, timeout, smp=max(2, host_cores), stream=True)
+        result = vm_qemu.run_in_guest(command, timeout, smp=max(2, host_cores),
+                                      stream=True)
     except Exception as exc:  # VmError and friends: say why, do not trace back
         print(f"python -m bench: --vm: the guest run failed: {exc}", file=sys.stderr)
         return 1

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from bench import vm
+from bench import vm_kernel
 
-KMOD = Path(vm.KMOD)
+KMOD = Path(vm_kernel.KMOD)
 WIRE = KMOD.parent / "servers" / "core" / "wire.json"
 
 
 @pytest.fixture(scope="module")
 def kdir() -> Path:
     try:
-        return vm.kdir_for(vm.kernel_version())
-    except vm.VmError as exc:
+        return vm_kernel.kdir_for(vm_kernel.kernel_version())
+    except vm_kernel.VmError as exc:
         pytest.skip(f"no kernel build tree: {exc}")
 
 
