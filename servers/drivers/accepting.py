@@ -7,12 +7,17 @@ lasts, keeps serving the connections it has, and accepts again when a
 descriptor frees up; clients that arrive meanwhile wait in the listen backlog.
 The episode ends once accept has not failed for 1 s: while descriptors are
 freed one by one, accept succeeds and fails by turns, and that is one episode.
+
+:meth:`AcceptBackoff.accept_batch` is the accept loop of the drivers that accept
+from a readable non-blocking listener (the readiness loop, the asyncio adapter):
+a batch at a time, so one busy listener does not starve the connections.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +26,7 @@ OUT_OF_FDS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 FIRST_PAUSE = 0.05
 LONGEST_PAUSE = 0.5
 EPISODE_QUIET = 1.0
+ACCEPT_BATCH = 64
 
 
 class AcceptBackoff:
@@ -50,3 +56,26 @@ class AcceptBackoff:
     def succeeded(self) -> None:
         """An accept worked: the next shortage starts with the shortest pause."""
         self.pause = 0.0
+
+    def accept_batch(self, listener: socket.socket,
+                     limit: int = ACCEPT_BATCH) -> tuple[list[socket.socket], float | None]:
+        """Accept up to ``limit`` waiting connections from the non-blocking ``listener``.
+        Returns them, and how long to stop accepting when accept ran out of
+        descriptors (else None); a batch of ``limit`` may leave more waiting. Other
+        errors propagate."""
+        accepted: list[socket.socket] = []
+        while len(accepted) < limit:
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                pause = self.failed(exc)
+                if pause is None:
+                    raise
+                return accepted, pause
+            self.succeeded()
+            accepted.append(sock)
+        return accepted, None

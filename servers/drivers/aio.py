@@ -50,7 +50,6 @@ from servers.settings import Settings
 from servers.stop import StopSignal
 
 _FILE_CHUNK = 256 * 1024
-_ACCEPT_BATCH = 64
 
 
 class _Server:
@@ -311,24 +310,14 @@ class _Acceptor:
             self.retry = None
 
     def _accept(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                pause = self.backoff.failed(exc)
-                if pause is None:
-                    raise
-                self.close()
-                self.retry = self.loop.call_later(pause, self.start)
-                return
-            self.backoff.succeeded()
+        accepted, pause = self.backoff.accept_batch(self.listener)
+        for sock in accepted:
             task = self.loop.create_task(self._connect(sock))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        if pause is not None:
+            self.close()
+            self.retry = self.loop.call_later(pause, self.start)
 
     async def _connect(self, sock: socket.socket) -> None:
         try:

@@ -10,7 +10,7 @@ then reads and writes until EAGAIN.
 from __future__ import annotations
 
 import select
-from typing import ClassVar
+from typing import Any, ClassVar
 
 Event = tuple[int, bool, bool, bool]
 
@@ -68,69 +68,70 @@ class SelectPoller(Poller):
         return [(fd, fd in readable, fd in writable, False) for fd in readable | writable]
 
 
-class PollPoller(Poller):
+class _KernelPoller(Poller):
+    """A poller whose interest set is a kernel object (``select.poll``/``select.epoll``)
+    with register/modify/unregister of an event mask."""
+
+    _IN: ClassVar[int]
+    _OUT: ClassVar[int]
+
+    def __init__(self, kernel: Any) -> None:  # what select.poll() or select.epoll() made
+        self._kernel = kernel
+
+    def _mask(self, read: bool, write: bool) -> int:
+        return (self._IN if read else 0) | (self._OUT if write else 0)
+
+    def register(self, fd: int, read: bool, write: bool) -> None:
+        self._kernel.register(fd, self._mask(read, write))
+
+    def modify(self, fd: int, read: bool, write: bool) -> None:
+        self._kernel.modify(fd, self._mask(read, write))
+
+    def unregister(self, fd: int) -> None:
+        self._kernel.unregister(fd)
+
+
+class PollPoller(_KernelPoller):
     """``poll(2)``: one array of descriptors passed on every call."""
 
     name = "poll"
     _IN = select.POLLIN | select.POLLPRI
+    _OUT = select.POLLOUT
     _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
     def __init__(self) -> None:
-        self._poll = select.poll()
-
-    def _mask(self, read: bool, write: bool) -> int:
-        return (self._IN if read else 0) | (select.POLLOUT if write else 0)
-
-    def register(self, fd: int, read: bool, write: bool) -> None:
-        self._poll.register(fd, self._mask(read, write))
-
-    def modify(self, fd: int, read: bool, write: bool) -> None:
-        self._poll.modify(fd, self._mask(read, write))
-
-    def unregister(self, fd: int) -> None:
-        self._poll.unregister(fd)
+        super().__init__(select.poll())
 
     def poll(self, timeout: float | None) -> list[Event]:
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         return [
             (fd, bool(ev & (self._IN | self._ERR)), bool(ev & select.POLLOUT),
              bool(ev & self._ERR))
-            for fd, ev in self._poll.poll(ms)
+            for fd, ev in self._kernel.poll(ms)
         ]
 
 
-class EpollPoller(Poller):
+class EpollPoller(_KernelPoller):
     """``epoll(7)``, level-triggered: interest kept in the kernel, only ready fds returned."""
 
     name = "epoll"
     _IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLPRI
+    _OUT = select.EPOLLOUT
     _ERR = select.EPOLLERR | select.EPOLLHUP
     _HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
     _READABLE = _IN | _ERR
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
-
-    def _mask(self, read: bool, write: bool) -> int:
-        return (self._IN if read else 0) | (select.EPOLLOUT if write else 0)
-
-    def register(self, fd: int, read: bool, write: bool) -> None:
-        self._epoll.register(fd, self._mask(read, write))
-
-    def modify(self, fd: int, read: bool, write: bool) -> None:
-        self._epoll.modify(fd, self._mask(read, write))
-
-    def unregister(self, fd: int) -> None:
-        self._epoll.unregister(fd)
+        super().__init__(select.epoll())
 
     def poll(self, timeout: float | None) -> list[Event]:
-        events = self._epoll.poll(-1 if timeout is None else timeout)
+        events = self._kernel.poll(-1 if timeout is None else timeout)
         readable, writable, hup = self._READABLE, select.EPOLLOUT, self._HUP
         return [(fd, ev & readable != 0, ev & writable != 0, ev & hup != 0)
                 for fd, ev in events]
 
     def close(self) -> None:
-        self._epoll.close()
+        self._kernel.close()
 
 
 class EdgePoller(EpollPoller):

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from servers.backend import Backend
 from servers.core import FileSlice, Session, session_factory
 from servers.core.guestbook import BackendCall
-from servers.drivers.accepting import AcceptBackoff
+from servers.drivers.accepting import ACCEPT_BATCH, AcceptBackoff
 from servers.drivers.connection import Connection
 from servers.drivers.pollers import Poller
 from servers.drivers.redis_connect import RETRY_S, unix_connect
@@ -44,7 +44,6 @@ from servers.drivers.redis_pool import Link, RedisPool
 from servers.settings import Settings
 from servers.stop import StopSignal
 
-_ACCEPT_BATCH = 64
 _SENDFILE_CHUNK = 1 << 20
 
 
@@ -248,23 +247,8 @@ class ReadinessLoop:
         self._accept_again = False
         if self._stopping or self._accept_paused_until:
             return
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                pause = self._backoff.failed(exc)
-                if pause is None:
-                    raise
-                # The listener stays readable: stop watching it for the pause, or the
-                # loop would spin on it.
-                self.poller.unregister(self.listener.fileno())
-                self._accept_paused_until = self.clock() + pause
-                return
-            self._backoff.succeeded()
+        accepted, pause = self._backoff.accept_batch(self.listener)
+        for sock in accepted:
             if self.poller.max_fd is not None and sock.fileno() > self.poller.max_fd:
                 self._log(f"{self.poller.name}: descriptor {sock.fileno()} is above "
                           f"FD_SETSIZE; refusing connections until some close")
@@ -275,7 +259,13 @@ class ReadinessLoop:
             conn = _Conn(sock, self.new_session(self.clock()), self)
             self.conns[conn.fd] = conn
             self.poller.register(conn.fd, True, False)
-        self._accept_again = self._edge  # more may wait, and no new edge would say so
+        if pause is not None:
+            # The listener stays readable: stop watching it for the pause, or the loop
+            # would spin on it.
+            self.poller.unregister(self.listener.fileno())
+            self._accept_paused_until = self.clock() + pause
+        elif len(accepted) == ACCEPT_BATCH:
+            self._accept_again = self._edge  # more may wait, and no new edge would say so
 
     def _resume_accepting(self) -> None:
         self._accept_paused_until = 0.0
@@ -353,12 +343,16 @@ class ReadinessLoop:
             self.pool.cancel(conn)
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
-            try:
-                self.poller.unregister(conn.fd)
-            except (OSError, KeyError, ValueError):
-                pass
+            self._unwatch(conn.fd)
         conn.out.clear()
         conn.sock.close()
+
+    def _unwatch(self, fd: int) -> None:
+        """Take ``fd`` out of the poller before its socket is closed."""
+        try:
+            self.poller.unregister(fd)
+        except (OSError, KeyError, ValueError):
+            pass
 
     # -- the backend (Redis) -----------------------------------------------------------
 
@@ -489,10 +483,7 @@ class ReadinessLoop:
             return
         if self._links.get(handle.fd) is link:
             del self._links[handle.fd]
-            try:
-                self.poller.unregister(handle.fd)
-            except (OSError, KeyError, ValueError):
-                pass
+            self._unwatch(handle.fd)
         handle.sock.close()
 
     def _log_backend(self, kind: str, message: str) -> None:
