@@ -24,7 +24,8 @@ here, once:
   connection's idle, header or linger deadline has passed, and
   :meth:`Connection.stop` begins a graceful stop.
 
-A driver subclasses :class:`Connection` with its own connection object and
+A driver subclasses :class:`Connection` (or :class:`SocketConnection`, which
+holds the socket and half-closes it) with its own connection object and
 implements five hooks: :meth:`~Connection._write` (write the queue as far as
 the transport takes it now, or start writing its head), :meth:`~Connection._interest`
 (wait for readability and/or writability), :meth:`~Connection._half_close`,
@@ -62,6 +63,7 @@ file is being sent by a task of its own.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -262,3 +264,24 @@ class Connection:
         self.session.finish()
         self.pump(now)
         return False
+
+
+class SocketConnection(Connection):
+    """A :class:`Connection` on a socket the driver owns (the readiness loop, the
+    io_uring loop): the socket, its descriptor, and the half-close every such
+    driver does the same way."""
+
+    __slots__ = ("sock", "fd")
+
+    def __init__(self, session: Session, settings: Settings, calls: bool,
+                 sock: socket.socket) -> None:
+        super().__init__(session, settings, calls)
+        self.sock = sock
+        self.fd = sock.fileno()
+
+    def _half_close(self) -> bool:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True

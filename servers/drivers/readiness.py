@@ -37,7 +37,7 @@ from servers.backend import Backend
 from servers.core import FileSlice, Session, session_factory
 from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import ACCEPT_BATCH, AcceptBackoff
-from servers.drivers.connection import Connection
+from servers.drivers.connection import SocketConnection
 from servers.drivers.pollers import Poller
 from servers.drivers.redis_connect import RETRY_S, unix_connect
 from servers.drivers.redis_pool import Link, RedisPool
@@ -47,15 +47,13 @@ from servers.stop import StopSignal
 _SENDFILE_CHUNK = 1 << 20
 
 
-class _Conn(Connection):
+class _Conn(SocketConnection):
     """A client socket: written until EAGAIN, interest set in the loop's poller."""
 
-    __slots__ = ("sock", "fd", "loop")
+    __slots__ = ("loop",)
 
     def __init__(self, sock: socket.socket, session: Session, loop: ReadinessLoop) -> None:
-        super().__init__(session, loop.settings, loop.pool is not None)
-        self.sock = sock
-        self.fd = sock.fileno()
+        super().__init__(session, loop.settings, loop.pool is not None, sock)
         self.loop = loop
 
     def _write(self, now: float) -> None:
@@ -87,13 +85,6 @@ class _Conn(Connection):
         self.reading = reading
         self.writing = writing
         loop.poller.modify(self.fd, reading, writing)
-
-    def _half_close(self) -> bool:
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return False
-        return True
 
     def _close(self) -> None:
         self.loop._close(self)
