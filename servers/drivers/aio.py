@@ -211,7 +211,7 @@ class CoreProtocol(Connection, asyncio.BufferedProtocol):
         assert transport is not None
         if transport.is_closing():
             return  # aborted (timeout, stop): connection_lost follows
-        self.backend_answered(replies, time.monotonic())
+        super().backend_done(replies)
         self._rearm_if_sooner()  # held input parsed: a request head may have begun
 
     # -- files -------------------------------------------------------------------------

@@ -64,6 +64,7 @@ file is being sent by a task of its own.
 from __future__ import annotations
 
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -215,6 +216,11 @@ class Connection:
         else:
             self.session.backend_replied(replies, now)
         self.pump(now)
+
+    def backend_done(self, replies: list[object] | None) -> None:
+        """:meth:`backend_answered` now: what a driver hands the Redis pool as the
+        owner's callback (``pool.perform(Connection.backend_done, ...)``)."""
+        self.backend_answered(replies, time.monotonic())
 
     def eof(self, now: float) -> None:
         """The peer ended its stream: what it sent is still answered, then close."""

@@ -351,11 +351,8 @@ class ReadinessLoop:
         """Perform what the pool asks, until it asks nothing (a finished call's session
         may queue the next call, whose effects are performed in the same turn)."""
         assert self.pool is not None
-        self.pool.perform(self._backend_done, self._link_write, self._link_open,
+        self.pool.perform(_Conn.backend_done, self._link_write, self._link_open,
                           self._link_close)
-
-    def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
-        conn.backend_answered(replies, self.clock())
 
     def _link_open(self, link: Link) -> None:
         """Start a non-blocking connect; a unix socket usually connects at once."""
