@@ -32,7 +32,8 @@ the transport takes it now, or start writing its head), :meth:`~Connection._inte
 :meth:`~Connection._close` and :meth:`~Connection._perform` (a backend call).
 It feeds what it reads to the session and calls :meth:`~Connection.pump`; it
 reports the end of stream with :meth:`~Connection.eof` and a backend call's
-answer with :meth:`~Connection.backend_answered`; while
+answer with :meth:`~Connection.backend_answered` (or hands the Redis pool
+:meth:`~Connection.backend_done` as the owner's callback); while
 :attr:`~Connection.lingering` it drops what it reads and reports its size to
 :meth:`~Connection.lingered`.
 
