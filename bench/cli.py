@@ -52,7 +52,7 @@ from bench import (
     runner,
     stats,
 )
-from bench.records import Run, Status
+from bench.records import Failure, Run, Status
 from servers.argtypes import (
     non_negative_float,
     non_negative_int,
@@ -661,15 +661,14 @@ def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.S
     stays within its 10 minutes, ~50 s more at most)."""
     left = len(order) // 10 if reruns is None else reruns
     runs: list[Run] = []
-    gave_up: dict[str, tuple[Status, str]] = {}
+    gave_up: dict[str, tuple[Status, str, Failure | None]] = {}
     start_failures: dict[str, int] = {}
     try:
         for rep, workload, conc, target in order:
             label = f"round {rep + 1}: {target.name} {workload} c={conc}"
             if target.name in gave_up:
-                status, reason = gave_up[target.name]
                 record = runner.empty_record(target, workload, conc, rep)
-                record.status, record.reason = status, reason
+                record.status, record.reason, record.failure = gave_up[target.name]
                 runs.append(record)
                 bar.finish(0.0, ran=False)
                 continue
@@ -685,14 +684,15 @@ def execute(order: list[tuple[int, str, int, runner.Target]], settings: runner.S
             runs.append(record)
             bar.finish(record.wall_s)
             if record.status == Status.SKIPPED:
-                gave_up[target.name] = (Status.SKIPPED, record.reason)
+                gave_up[target.name] = (Status.SKIPPED, record.reason, None)
                 bar.note(f"bench: {target.name}: skipped: {record.reason}")
             elif record.status == Status.NA:
                 pass  # in the tables as n/a, with the reason
-            elif record.status == Status.FAILED and record.server_exit is None:
+            elif record.failure == Failure.START:
                 start_failures[target.name] = start_failures.get(target.name, 0) + 1
                 if start_failures[target.name] >= 2:
-                    gave_up[target.name] = (Status.FAILED, f"{record.reason} (not retried)")
+                    gave_up[target.name] = (Status.FAILED, f"{record.reason} (not retried)",
+                                            Failure.START)
                 bar.note(f"bench: {label}: failed: {record.reason}")
             else:
                 start_failures[target.name] = 0

@@ -46,6 +46,17 @@ class Status(enum.StrEnum):
     NA = "n/a"  # the server cannot serve the workload
 
 
+class Failure(enum.StrEnum):
+    """Why a run that failed (or timed out) measured nothing, as the runner knew it."""
+
+    START = "start"  # the server did not become ready
+    DIED = "died"  # the server died during the run
+    NO_ANSWER = "no-answer"  # no request completed
+    LOADGEN = "loadgen"  # the load generator failed, was killed for time, or said nothing
+    METRICS = "metrics"  # the server's window was not measured (a remote host)
+    PLAN = "plan"  # the run cannot be made as asked (fewer connections than client hosts)
+
+
 FAILED = (Status.FAILED, Status.TIMEOUT, Status.SKIPPED, Status.NA)  # nothing measured
 NOT_RUN = (Status.SKIPPED, Status.NA)  # the server cannot run here, or not this workload
 STATUS_ORDER = (Status.NA, Status.SKIPPED, Status.FAILED, Status.TIMEOUT, Status.UNCLEAN,
@@ -158,6 +169,7 @@ class Run(Figures):
     bytes_received: int | None = None
     halves: dict[str, Any] | None = None
     wall_s: float = 0.0
+    failure: Failure | None = _optional("failure")
     idle_open: int | None = _optional("idle_open")
     rerun_because: str | None = _optional("rerun_because")
     # remote runs (bench.remote): where the server ran, and each client host's share
@@ -211,6 +223,8 @@ def _from_dict(cls: type[R], data: dict[str, Any]) -> R:
     values = {k: v for k, v in data.items() if k in known}
     if "status" in values:
         values["status"] = Status(values["status"])
+    if values.get("failure") is not None:
+        values["failure"] = Failure(values["failure"])
     record = cls(**values)
     record.extra = {k: v for k, v in data.items()
                     if k not in known and k not in ("extra", "samples")}
@@ -218,7 +232,7 @@ def _from_dict(cls: type[R], data: dict[str, Any]) -> R:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Status):
+    if isinstance(value, enum.Enum):
         return str(value)
     if isinstance(value, Figures):
         return value.to_dict()

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import loadgen, remote_server, runner
-from bench.records import Run, Status, client_bound
+from bench.records import Failure, Run, Status, client_bound
 from bench.remote_metrics import from_json, window_at
 
 START_MARGIN_MIN_S = 0.3
@@ -268,6 +268,7 @@ class Placement:
         if concurrency < len(self.clients):
             record.reason = (f"{concurrency} connections cannot be shared by "
                              f"{len(self.clients)} client hosts")
+            record.failure = Failure.PLAN
             return
         conns = shares(concurrency, len(self.clients))
         idles = shares(settings.idle, len(self.clients))
@@ -338,6 +339,8 @@ class Placement:
                     proc.communicate()
         if problems or window is None:
             record.reason, record.status = "; ".join(problems), status
+            record.failure = (Failure.METRICS if all(r is not None for r in results)
+                              else Failure.LOADGEN)
             return
         usage, syscalls, died = window
         record.server_host = self.server.label

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bench import metrics, records, server_process, stats
-from bench.records import Run, Status
+from bench.records import Failure, Run, Status
 from bench.server_process import StartFailure
 from bench.server_process import exit_text as _exit_text
 
@@ -315,6 +315,7 @@ def measure(
                        ready_timeout=settings.ready_timeout, extra=extra)
     except StartFailure as exc:
         record.status = Status.SKIPPED if exc.skipped else Status.FAILED
+        record.failure = None if exc.skipped else Failure.START
         record.reason = exc.reason
         record.wall_s = time.monotonic() - began
         return record
@@ -408,7 +409,7 @@ def _load_and_measure(
              + settings.ready_timeout)
     result, problem, status = finish_loadgen(loadgen, started + bound - time.monotonic())
     if result is None:
-        record.reason, record.status = problem, status
+        record.reason, record.status, record.failure = problem, status, Failure.LOADGEN
         return
     fill_record(record, result, usage, syscalls, died_at, server, target, workload, settings,
                 server_cpus, client_cpus)
@@ -467,13 +468,13 @@ def fill_record(
             record.syscalls_per_req = count / (rps * window)
     if died_at is not None or not server.alive():
         code = server.exit_code()
-        record.status = Status.FAILED
+        record.status, record.failure = Status.FAILED, Failure.DIED
         record.reason = f"server died during the run ({_exit_text(code or 0)})"
         if result["errors_total"]:
             record.reason += f"; errors: {error_reason(result['errors'])}"
         return
     if result["requests"] == 0:
-        record.status = Status.FAILED
+        record.status, record.failure = Status.FAILED, Failure.NO_ANSWER
         record.reason = "no request completed" + (
             f"; errors: {error_reason(result['errors'])}" if result["errors_total"] else "")
         return

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from bench import aggregate, loadgen, runner, tables
-from bench.records import LATENCY_KEYS, Run, Status
+from bench.records import LATENCY_KEYS, Failure, Run, Status
 
 LOADGEN_PROBLEM = loadgen.native_problem()
 needs_loadgen = pytest.mark.skipif(LOADGEN_PROBLEM is not None, reason=LOADGEN_PROBLEM or "")
@@ -75,7 +75,7 @@ def test_crash_mid_run_is_reported_not_hung_on() -> None:
     began = time.monotonic()
     record = measure(faulty("crash", "--crash-after", "0.3"), 4, duration=2.0, timeout=1.0)
     assert time.monotonic() - began < 15
-    assert record.status == "failed", record
+    assert record.status == "failed" and record.failure == Failure.DIED, record
     assert "died" in record.reason or "exit" in record.reason, record.reason
 
 
@@ -84,6 +84,11 @@ def test_a_server_that_cannot_start_is_a_result() -> None:
                                              "sys.exit(3)"))
     record = runner.measure(target, "echo", 1, runner.Settings(duration=0.2, warmup=0.0))
     assert record.status == "skipped" and record.reason == "oops", record
+    assert record.failure is None and "failure" not in record.to_dict()
+    broken = runner.Target("broken", ("-c", "import sys; sys.exit('no such module')"))
+    record = runner.measure(broken, "echo", 1, runner.Settings(duration=0.2, warmup=0.0))
+    assert record.status == "failed" and record.failure == Failure.START, record
+    assert record.to_dict()["failure"] == "start"
 
 
 @needs_loadgen
