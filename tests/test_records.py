@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench import aggregate, compare, report, runner
-from bench.records import Result, Run, Status, csv_columns
+from bench.records import Result, Run, Status, csv_columns, metric_fields
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results-9a1842f"
 
@@ -94,6 +94,23 @@ def test_compare_reads_a_result_set_from_before_intervals(document: dict,
                           str(tmp_path / "new.json")], capture_output=True, text=True,
                          timeout=60, cwd=runner.REPO)
     assert bad.returncode == 2 and "cannot read results" in bad.stderr, bad.stderr
+
+
+def test_every_metric_field_folds_as_its_metadata_says() -> None:
+    """A metric is one field: declared, it is folded, written to JSON and (unless said
+    otherwise) to the CSV without another line anywhere."""
+    fields = [f for f in metric_fields() if f.metadata["fold"] != "derived"]
+    runs = [Run(server="a", workload="echo", concurrency=1, status=Status.OK,
+                requests_per_s=100.0, requests=100, **{f.name: v for f in fields})
+            for v in (1.0, 3.0, 8.0)]
+    (result,) = aggregate.aggregate(runs)
+    expected = {"median": 3.0, "peak": 8.0, "first": 1.0}
+    for f in fields:
+        assert getattr(result, f.name) == expected[f.metadata["fold"]], f.name
+        assert result.to_dict()[f.name] == expected[f.metadata["fold"]], f.name
+        assert (f.name in csv_columns()) == f.metadata["csv"], f.name
+    assert result.client_bound  # derived from the folded load generator's share
+    assert result.interval("cpu_us_per_req") is not None
 
 
 def test_no_why_heading_for_a_workload_without_rows() -> None:
