@@ -2,11 +2,12 @@
 
 The blocking driver runs unchanged on gevent's cooperative sockets (what
 StreamServer hands each handler), so blocking calls switch greenlets instead
-of threads. Nothing is monkey-patched, here or on import: gevent is imported
-only inside :meth:`Gevent.serve`, so the hub is created in the process that
-serves (after the fork, under ``--workers``). gevent's socket ``sendfile``
-is cooperative read+send, not sendfile(2). Running out of descriptors at
-accept is handled by :class:`servers.drivers.accepting.AcceptBackoff` (one log
+of threads; one timer per connection bounds its waits
+(:mod:`servers.drivers.greenlet_bounds`). Nothing is monkey-patched, here or on
+import: gevent is imported only inside :meth:`Gevent.serve`, so the hub is created
+in the process that serves (after the fork, under ``--workers``). gevent's socket
+``sendfile`` is cooperative read+send, not sendfile(2). Running out of descriptors
+at accept is handled by :class:`servers.drivers.accepting.AcceptBackoff` (one log
 line per episode, a pause) instead of StreamServer's traceback per attempt.
 """
 
@@ -18,6 +19,7 @@ import socket
 from servers.cli import main
 from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.blocking_runner import BlockingModel, BlockingRunner
+from servers.drivers.greenlet_bounds import GreenletBounds
 from servers.settings import Settings
 from servers.stop import StopSignal
 
@@ -38,7 +40,7 @@ class Gevent(BlockingModel):
 
         # A greenlet per connection, with its own (cooperative) Redis connection if its
         # client calls one; greenlets left after the grace are killed.
-        runner = BlockingRunner(settings, stop, sends_heed_stop=False)
+        runner = BlockingRunner(settings, stop, sends_heed_stop=False, bounds=GreenletBounds)
 
         def handle(sock: socket.socket, address: object) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -13,8 +13,9 @@ does around a connection, is :mod:`servers.drivers.blocking_runner`'s.
 How a call waits at most so long is :class:`_Timer`'s: a stdlib socket stays in
 blocking mode under kernel timeouts (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), because
 ``settimeout`` costs an ioctl each time and then a poll(2) before every recv and
-send: four system calls a request more than the model needs. Other sockets
-(gevent's cooperative ones) keep ``settimeout``.
+send: four system calls a request more than the model needs. Other sockets keep
+``settimeout``; gevent's get one timer per connection instead
+(:mod:`servers.drivers.greenlet_bounds`, passed as ``bounds``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from servers.core import FileSlice, Session, Write
 from servers.drivers.blocking_backend import BackendUnavailable, BlockingBackend
@@ -39,6 +41,7 @@ def serve_connection(
     clock: Callable[[], float] = time.monotonic,
     stop: StopSignal | None = None,
     backend: BlockingBackend | None = None,
+    bounds: Callable[[socket.socket, Sender], Bounds] | None = None,
 ) -> None:
     """Run one connection to its end and close the socket.
 
@@ -46,43 +49,50 @@ def serve_connection(
     server has been stopping for the shutdown grace (the thread that waits may be
     the one that must exit: iterative). ``backend`` is the worker's Redis
     connection; without one, a connection that makes a backend call opens its
-    own (with the socket class of ``sock``) and closes it at the end."""
+    own (with the socket class of ``sock``) and closes it at the end. ``bounds``
+    makes what bounds each receive and send (default :class:`_Timer`)."""
     own_backend = backend is None
     if backend is None:
         backend = BlockingBackend.for_settings(settings, type(sock))
-    session = new_session(clock())
+    now = clock()
+    session = new_session(now)
     buf = bytearray(settings.read_size)
     view = memoryview(buf)
     pending: list[Write] = []
     eof = False
-    timer = _Timer(sock)
-    patience = _Patience(settings, clock, stop)
+    sender = Sender(sock, session, settings, clock, stop, bounds or _Timer)
+    timer = sender.timer
     try:
         while True:
+            # ``now``: the clock read after the last receive, send or call; the core's
+            # work in between is microseconds, so it is not read again.
             pending = session.take_output()
             if pending:
-                _send_all(sock, pending, session, settings, clock, patience, timer)
+                now = sender.send(pending, now)
                 pending = []
             call = session.take_backend_call()
             if call is not None:
+                timer.unbound()
                 try:
                     assert backend is not None  # a session makes calls only with --redis
                     replies = backend.perform(call)
                 except BackendUnavailable:
-                    session.backend_failed(clock())
+                    now = clock()
+                    session.backend_failed(now)
                 else:
-                    session.backend_replied(replies, clock())
+                    now = clock()
+                    session.backend_replied(replies, now)
                 continue
             if session.closing:
                 # After the peer's FIN nothing is left to drain: close at once. (Each
                 # syscall of a drain is one more wait for the GIL; 10,000 threads of
                 # `threaded` leaving together made a new client wait about a second.)
                 if not eof:
+                    timer.unbound()
                     _linger_close(sock, settings)
                 return
-            if session.paused and session.resume(clock()):
+            if session.paused and session.resume(now):
                 continue  # everything is sent: parse what the last read still holds
-            now = clock()
             timeout = session.deadline() - now
             if timeout <= 0:
                 return
@@ -90,17 +100,20 @@ def serve_connection(
             try:
                 n = sock.recv_into(buf)
             except (TimeoutError, BlockingIOError):  # BlockingIOError: a kernel timeout
-                if session.expired(clock()):
+                now = clock()
+                if session.expired(now):
                     return
                 continue
+            now = clock()
             if n == 0:
                 eof = True
-                session.eof_received(clock())
+                session.eof_received(now)
             else:
-                session.received(view[:n], clock())
+                session.received(view[:n], now)
     except OSError:
         return  # reset, broken pipe, or a peer too slow to read: the connection ends
     finally:
+        timer.close()
         for item in pending:
             if isinstance(item, FileSlice):
                 item.close()
@@ -110,62 +123,114 @@ def serve_connection(
             backend.close()
 
 
-def _send_all(sock: socket.socket, writes: list[Write], session: Session, settings: Settings,
-              clock: Callable[[], float], patience: _Patience, timer: _Timer) -> None:
-    """Send every write; each send must progress within the idle timeout, and within
-    the shutdown grace once ``stop`` is set. Files go by sendfile(2), or by read+write
-    with ``--sendfile off``."""
-    timer.send_within(patience.step)
-    patience.progressed()
+class Bounds(Protocol):
+    """What bounds a connection's waits: the next receive must end within a timeout,
+    sends must progress within one. A bound that passes makes the waiting call raise
+    TimeoutError or BlockingIOError. :class:`_Timer` is the one for stdlib sockets."""
 
-    def send_bytes(data: bytes | memoryview) -> None:
+    def receive_within(self, timeout: float) -> None: ...
+
+    def send_within(self, timeout: float) -> None: ...
+
+    def python_timeout(self, timeout: float) -> None: ...
+
+    def unbound(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Sender:
+    """Sends a connection's writes. Each send must progress within the idle timeout,
+    and within the shutdown grace once ``stop`` is set; :attr:`last` is when it last
+    did. Files go by sendfile(2), or by read+write with ``--sendfile off``."""
+
+    __slots__ = ("sock", "session", "settings", "clock", "stop", "step", "last", "timer")
+
+    _STOP_POLL = 0.1
+    _STALLED = 0.5  # after the grace, a send without progress this long gives up
+
+    def __init__(self, sock: socket.socket, session: Session, settings: Settings,
+                 clock: Callable[[], float], stop: StopSignal | None,
+                 bounds: Callable[[socket.socket, Sender], Bounds]) -> None:
+        self.sock = sock
+        self.session = session
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop
+        # How long one send may wait before the patience is checked again.
+        self.step = settings.idle_timeout if stop is None else min(settings.idle_timeout,
+                                                                   self._STOP_POLL)
+        self.last = clock()
+        self.timer = bounds(sock, self)
+
+    def send(self, writes: list[Write], now: float) -> float:
+        """Send every write; return the clock read after the last progress."""
+        self.last = now
+        self.timer.send_within(self.step)
+        for item in writes:
+            if isinstance(item, bytes):
+                self._send_bytes(item)
+            else:
+                self._send_file(item)
+        return self.last
+
+    def _send_bytes(self, data: bytes | memoryview) -> None:
+        sock, session, clock = self.sock, self.session, self.clock
         while data:
             try:
                 sent = sock.send(data if len(data) <= _SEND_CHUNK else data[:_SEND_CHUNK])
             except (TimeoutError, BlockingIOError):  # BlockingIOError: a kernel timeout
-                patience.check()
+                self.check()
                 continue
-            session.sent(sent, clock())
-            patience.progressed()
+            self.last = now = clock()
+            session.sent(sent, now)
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
 
-    for item in writes:
-        if isinstance(item, bytes):
-            send_bytes(item)
-            continue
+    def _send_file(self, item: FileSlice) -> None:
         try:
-            if not settings.sendfile:
+            if not self.settings.sendfile:
                 while item.count > 0:
                     chunk = item.read_chunk(_SEND_CHUNK)
                     if not chunk:
                         raise ConnectionError("file shrank while being sent")
                     item.advance(len(chunk))
-                    send_bytes(chunk)
-                continue
-            timer.python_timeout(patience.step)  # socket.sendfile waits by its own poll
+                    self._send_bytes(chunk)
+                return
+            self.timer.python_timeout(self.step)  # socket.sendfile waits by its own poll
             file = item.open()
             while item.count > 0:
                 # socket.sendfile leaves the file positioned after what it sent, also
                 # when it times out: that is the progress to count.
                 file.seek(item.offset)
                 try:
-                    sock.sendfile(file, item.offset, min(item.count, _SEND_CHUNK))
+                    self.sock.sendfile(file, item.offset, min(item.count, _SEND_CHUNK))
                     timed_out = False
                 except TimeoutError:
                     timed_out = True
                 sent = file.tell() - item.offset
                 if sent > 0:
                     item.advance(sent)
-                    session.sent(sent, clock())
-                    patience.progressed()
+                    self.last = now = self.clock()
+                    self.session.sent(sent, now)
                 elif timed_out:
-                    patience.check()
+                    self.check()
                 else:
                     raise ConnectionError("file shrank while being sent")
         finally:
             item.close()
+
+    def check(self) -> None:
+        """A send waited its step without progress: raise TimeoutError when waiting
+        longer is not allowed."""
+        now = self.clock()
+        if now - self.last >= self.settings.idle_timeout:
+            raise TimeoutError("peer does not read")
+        stop = self.stop
+        if (stop is not None and stop.is_set() and now - self.last >= self._STALLED
+                and time.monotonic() - stop.since >= self.settings.shutdown_grace):
+            raise TimeoutError("server stopping and the peer does not read")
 
 
 class _Timer:
@@ -180,11 +245,12 @@ class _Timer:
     A call that times out raises BlockingIOError (kernel) or TimeoutError.
     """
 
-    __slots__ = ("sock", "kernel", "receive", "send")
+    __slots__ = ("sock", "kernel", "python", "receive", "send")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, sender: Sender) -> None:
         self.sock = sock
         self.kernel = type(sock) is socket.socket
+        self.python = False  # python_timeout left the socket in Python's timeout mode
         self.receive = -1.0  # the timeout in force for receives (kernel), -1: none set
         self.send = -1.0
         if self.kernel:
@@ -194,16 +260,19 @@ class _Timer:
         if not self.kernel:
             self.sock.settimeout(timeout)
             return
-        if self._python_mode() or not (timeout * 0.5 <= self.receive
-                                       <= timeout * 1.02 + 0.002):
-            self.receive = timeout
-            self._set(socket.SO_RCVTIMEO, timeout)
+        if self.python:
+            self._blocking_again()
+        elif timeout * 0.5 <= self.receive <= timeout * 1.02 + 0.002:
+            return
+        self.receive = timeout
+        self._set(socket.SO_RCVTIMEO, timeout)
 
     def send_within(self, timeout: float) -> None:
         if not self.kernel:
             self.sock.settimeout(timeout)
             return
-        self._python_mode()
+        if self.python:
+            self._blocking_again()
         if self.send != timeout:
             self.send = timeout
             self._set(socket.SO_SNDTIMEO, timeout)
@@ -212,48 +281,23 @@ class _Timer:
         """Python's own timeout (poll before each call) until the next bound, for calls
         that do not take kernel timeouts (socket.sendfile waits with its own poll)."""
         self.sock.settimeout(timeout)
+        self.python = self.kernel
 
-    def _python_mode(self) -> bool:
-        """Back to blocking mode if :meth:`python_timeout` left it; whether it had."""
-        if self.sock.gettimeout() is None:
-            return False
+    def unbound(self) -> None:
+        """Nothing to do: bounds are set before each call."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _blocking_again(self) -> None:
         self.sock.settimeout(None)
-        return True
+        self.python = False
 
     def _set(self, option: int, timeout: float) -> None:
         # A zero timeval means "no timeout": the shortest is one microsecond.
         seconds = max(timeout, 1e-6)
         self.sock.setsockopt(socket.SOL_SOCKET, option,
                              struct.pack("@ll", int(seconds), int(seconds % 1 * 1e6)))
-
-
-class _Patience:
-    """How long a send may wait for a peer that does not read."""
-
-    _STOP_POLL = 0.1
-    _STALLED = 0.5  # after the grace, a send without progress this long gives up
-
-    def __init__(self, settings: Settings, clock: Callable[[], float],
-                 stop: StopSignal | None) -> None:
-        self.settings = settings
-        self.clock = clock
-        self.stop = stop
-        self.step = settings.idle_timeout if stop is None else min(settings.idle_timeout,
-                                                                   self._STOP_POLL)
-        self.last = clock()
-
-    def progressed(self) -> None:
-        self.last = self.clock()
-
-    def check(self) -> None:
-        """Raise TimeoutError when waiting longer is not allowed."""
-        now = self.clock()
-        if now - self.last >= self.settings.idle_timeout:
-            raise TimeoutError("peer does not read")
-        stop = self.stop
-        if (stop is not None and stop.is_set() and now - self.last >= self._STALLED
-                and time.monotonic() - stop.since >= self.settings.shutdown_grace):
-            raise TimeoutError("server stopping and the peer does not read")
 
 
 def _linger_close(sock: socket.socket, settings: Settings) -> None:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from servers.backend import Backend
 from servers.core import Session, session_factory
 from servers.drivers.accepting import AcceptBackoff
-from servers.drivers.blocking import serve_connection
+from servers.drivers.blocking import Bounds, Sender, serve_connection
 from servers.drivers.blocking_backend import BlockingBackend
 from servers.settings import Settings
 from servers.stop import StopSignal
@@ -130,15 +130,17 @@ class BlockingRunner:
     the idle timeout asks, which matters with thousands of them.
     """
 
-    __slots__ = ("settings", "new_session", "connections", "_send_stop")
+    __slots__ = ("settings", "new_session", "connections", "_send_stop", "_bounds")
 
     def __init__(self, settings: Settings, stop: StopSignal, *, sends_heed_stop: bool,
-                 new_session: Callable[[float], Session] | None = None) -> None:
+                 new_session: Callable[[float], Session] | None = None,
+                 bounds: Callable[[socket.socket, Sender], Bounds] | None = None) -> None:
         self.settings = settings
         self.new_session = new_session if new_session is not None else session_factory(settings)
         self.connections = ConnectionSet()
         stop.add_callback(self.connections.stop_all)
         self._send_stop = stop if sends_heed_stop else None
+        self._bounds = bounds  # what bounds a connection's waits (the driver's default: None)
 
     def serve(self, sock: socket.socket, backend: BlockingBackend | None = None) -> None:
         """Serve ``sock`` to its end and close it. ``backend`` is the worker's Redis
@@ -148,7 +150,7 @@ class BlockingRunner:
         connections.add(sock)
         try:
             serve_connection(sock, self.new_session, self.settings, stop=self._send_stop,
-                             backend=backend)
+                             backend=backend, bounds=self._bounds)
         finally:
             connections.discard(sock)
 
