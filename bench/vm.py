@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run", help="run a command in the guest")
     p_test = sub.add_parser("test", help="run tests/kernel in the guest")
-    p_bench = sub.add_parser("bench", help="python -m bench --vm [ARGS]")
+    # every flag after "bench" is python -m bench's, --help included
+    p_bench = sub.add_parser("bench", help="python -m bench --vm [ARGS]", add_help=False)
     p_shell = sub.add_parser("shell", help="interactive guest shell")
     sub.add_parser("build", help="build modules, vmlinux and initramfs")
     for p in (p_run, p_test, p_shell):
@@ -44,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("command", nargs=argparse.REMAINDER)
     p_test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    # A passed-through flag before the first plain word (bench --quick, test -x PATH) is
+    # not the REMAINDER's: parse_known_args keeps it, in order, ahead of the rest.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.cmd not in ("test", "bench"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
 
     def on_term(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)  # unwinds through run_in_guest, which kills QEMU
@@ -60,15 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "bench":
             from bench import cli
 
-            rest = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
-            return cli.main(["--vm", *rest])
+            return cli.main(["--vm", *_passed(unknown, args.bench_args)])
         if args.cmd == "run":
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
             if not command:
                 parser.error("run: give a command after --")
         else:
-            extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
-            paths = [] if any(not a.startswith("-") for a in extra) else ["tests/kernel"]
+            extra = _passed(unknown, args.pytest_args)
+            named = any((ROOT / a.split("::")[0]).exists() for a in extra if a[:1] != "-")
+            paths = [] if named else ["tests/kernel"]
             command = [str(PYTHON), "-m", "pytest", *paths, "-q", *extra]
         res = run_in_guest(command, args.timeout, args.smp, args.mem, stream=True)
         print(f"[bench.vm] boot {res.boot_s:.1f}s, total {res.total_s:.1f}s, rc {res.returncode}",
@@ -77,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     except VmError as exc:
         print(f"bench.vm: {exc}", file=sys.stderr)
         return 2
+
+
+def _passed(flags: list[str], rest: list[str]) -> list[str]:
+    """What goes on to pytest or python -m bench: the flags argparse did not know, then
+    the remainder without a leading ``--``."""
+    args = [*flags, *rest]
+    return args[1:] if args[:1] == ["--"] else args
 
 
 if __name__ == "__main__":
