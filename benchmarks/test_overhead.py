@@ -9,7 +9,8 @@ the harness's own run). The figure is server CPU µs per round trip; rounds are
 interleaved (backend, then its minimal server, pair after pair, three times) so a
 slow minute of a shared machine lands on both, and the table gives the medians,
 their ratio and each side's spread (min-max over the rounds). ``ZOO_OVERHEAD_ROUNDS``
-and ``ZOO_OVERHEAD_DURATION`` (seconds per run, default 1) change the size.
+and ``ZOO_OVERHEAD_DURATION`` (seconds per run, default 1) change the size;
+``ZOO_OVERHEAD_BACKENDS`` (names, comma-separated) measures only those backends.
 
 The test fails when a run fails (errors, a server that dies); the ratios are
 measurements, printed, not asserted: they swing with the load of a shared machine.
@@ -52,6 +53,18 @@ def _int_env(name: str, default: int) -> int:
     return int(value)
 
 
+def _backends() -> list[str]:
+    value = os.environ.get("ZOO_OVERHEAD_BACKENDS")
+    if value is None:
+        return list(PAIRS)
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PAIRS]
+    if unknown or not names:
+        raise ValueError(f"ZOO_OVERHEAD_BACKENDS: {', '.join(unknown) or 'none given'} "
+                         f"(known: {', '.join(PAIRS)})")
+    return names
+
+
 def _target(name: str) -> runner.Target:
     entry = BY_NAME[name]
     return runner.Target(entry.name, tuple(entry.argv), entry.kind, tuple(entry.protocols))
@@ -70,6 +83,8 @@ def overhead_table(cpu: dict[str, dict[str, list[float]]]) -> list[list[Any]]:
     """Rows (backend, ours µs, spread, minimal µs, spread, ratio, minimal server)."""
     rows = []
     for name, (_, what) in PAIRS.items():
+        if name not in cpu:
+            continue
         ours, minimal = cpu[name]["ours"], cpu[name]["minimal"]
         ratio = statistics.median(ours) / statistics.median(minimal)
         rows.append([name, f"{statistics.median(ours):.1f}", _spread(ours),
@@ -85,9 +100,9 @@ def test_overhead(capsys: pytest.CaptureFixture[str]) -> None:
     settings = runner.Settings(duration=duration, warmup=0.25)
     cpus = runner.split_cpus()
     cpu: dict[str, dict[str, list[float]]] = {name: {"ours": [], "minimal": []}
-                                              for name in PAIRS}
+                                              for name in _backends()}
     for repeat in range(rounds):
-        for name in PAIRS:
+        for name in cpu:
             sides = [("ours", _target(name)), ("minimal", _minimal(name))]
             if repeat % 2:
                 sides.reverse()  # neither side always runs first

@@ -2,10 +2,14 @@
 
 An accept loop on the socket the launcher opened starts a task per connection
 in a nursery this module owns. Timeouts are one cancel scope per connection
-whose deadline is moved before each operation (entering a scope per receive and
+whose deadline is moved as operations need (entering a scope per receive and
 per send cost more than the echo itself): each receive runs under a deadline
 taken from the session (idle or header timeout), each send must progress within
-the idle timeout. A scope that fires is done with; the task judges why (a send
+the idle timeout. Moving a deadline costs too (trio files it again, through a
+generator context manager), so it moves only when it would otherwise fire before
+the operation's deadline or later than it by more than 2% of the shorter timeout
++ 2 ms; a keep-alive connection's deadline then moves a few times a second, not
+twice a request. A scope that fires is done with; the task judges why (a send
 too slow, an expired session, a stop) and, if the connection goes on, goes on
 under a new scope. Shutdown is
 structured too: when the stop descriptor becomes readable the accept loop is
@@ -70,6 +74,8 @@ class _Connection:
         self.settings = settings
         self.backend = backend
         self.scope: trio.CancelScope | None = None  # the current operation's deadline
+        self.deadline = math.inf  # the scope's deadline, kept here (reading it costs)
+        self.late = min(settings.idle_timeout, settings.header_timeout) * 0.02 + 0.002
         self.receiving = False  # the task waits in a receive (a stop may cancel it)
         self.stopping = False
         self.eof = False
@@ -85,6 +91,7 @@ class _Connection:
         while True:
             scope = trio.CancelScope()
             self.scope = scope
+            self.deadline = math.inf
             with scope:
                 if await self._serve(scope):
                     return
@@ -92,7 +99,7 @@ class _Connection:
                 raise trio.TooSlowError  # a send made no progress within the idle timeout
             self.receiving = False
             if self.stopping:
-                self.session.closing = True  # send what is left, then close
+                self.session.finish()  # send what is left, then close
             elif self.session.expired(time.monotonic()):
                 return
 
@@ -109,7 +116,7 @@ class _Connection:
             if self.backend is not None:
                 call = session.take_backend_call()
                 if call is not None:
-                    scope.deadline = math.inf  # the pool bounds the call itself
+                    self.deadline = scope.deadline = math.inf  # the pool bounds the call
                     await self._perform(call)
                     continue  # send its answer; a pipelined request may need the next call
             if session.closing or self.stopping:
@@ -118,7 +125,7 @@ class _Connection:
                 continue  # all sent: parse what the last read still holds
             if self.eof:
                 return True
-            scope.deadline = _trio_time(session.deadline())
+            self._bound(scope, _trio_time(session.deadline()))
             self.receiving = True
             data = await stream.receive_some(size)
             self.receiving = False
@@ -129,6 +136,12 @@ class _Connection:
                 session.received(data, time.monotonic())
             if scope.cancel_called:
                 return False
+
+    def _bound(self, scope: trio.CancelScope, deadline: float) -> None:
+        """Make ``scope`` fire at ``deadline`` (trio time), or a little later: see the
+        module docstring."""
+        if not deadline <= self.deadline <= deadline + self.late:
+            self.deadline = scope.deadline = deadline + self.late
 
     async def _perform(self, call: BackendCall) -> None:
         assert self.backend is not None  # a session makes calls only with --redis
@@ -149,13 +162,13 @@ class _Connection:
                     item.close()
                 continue
             if len(item) <= _SEND_CHUNK:
-                scope.deadline = trio.current_time() + idle
+                self._bound(scope, trio.current_time() + idle)
                 await self.stream.send_all(item)
                 self.session.sent(len(item), time.monotonic())
                 continue
             view = memoryview(item)
             for start in range(0, len(view), _SEND_CHUNK):
-                scope.deadline = trio.current_time() + idle
+                self._bound(scope, trio.current_time() + idle)
                 await self.stream.send_all(view[start:start + _SEND_CHUNK])
                 self.session.sent(min(_SEND_CHUNK, len(view) - start), time.monotonic())
 
@@ -164,7 +177,7 @@ class _Connection:
         waiting for writability between calls."""
         sock = self.stream.socket
         while item.count > 0:
-            scope.deadline = trio.current_time() + self.settings.idle_timeout
+            self._bound(scope, trio.current_time() + self.settings.idle_timeout)
             await trio.lowlevel.wait_writable(sock)
             try:
                 sent = item.send_some(sock.fileno(), _SEND_CHUNK, self.settings.sendfile)
