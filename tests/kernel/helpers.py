@@ -87,6 +87,15 @@ def connect(port: int, timeout: float = 5.0) -> socket.socket:
     return s
 
 
+def small_buffers() -> socket.socket:
+    """A TCP socket with 64 KiB send and receive buffers: a client that stops reading
+    fills them soon, so the server's side stalls within a bounded number of bytes."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    return s
+
+
 def exchange(sock: socket.socket, data: bytes, want: int, timeout: float = 30.0) -> bytes:
     """Send ``data`` while reading; return once ``want`` bytes came back (or EOF).
 

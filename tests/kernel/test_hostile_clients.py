@@ -29,18 +29,11 @@ def served_here(port: int) -> int:
     return helpers.tcp_states(port).count(ESTABLISHED)
 
 
-def small_buffers() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-    return s
-
-
 @pytest.mark.parametrize("mode", ["wq", "kthread"])
 def test_peer_that_never_reads_is_closed_after_idle_timeout(port: int, mode: str) -> None:
     """The send timeout: a worker blocked on a full socket gives up after idle_timeout."""
     helpers.load("kecho", port=port, mode=mode, idle_timeout=2)
-    hog = small_buffers()
+    hog = helpers.small_buffers()
     hog.connect(("127.0.0.1", port))
     try:
         start = time.monotonic()

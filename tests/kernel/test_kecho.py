@@ -107,9 +107,7 @@ def test_100_concurrent_clients(kecho: int) -> None:
 
 def test_client_that_never_reads(kecho: int) -> None:
     before = helpers.meminfo_kib("MemAvailable")
-    hog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    hog = helpers.small_buffers()
     hog.connect(("127.0.0.1", kecho))
     try:
         budget = 64 << 20

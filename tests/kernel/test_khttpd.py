@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import selectors
-import socket
 import threading
 import time
 from email.utils import parsedate_to_datetime
@@ -216,9 +215,7 @@ def test_unload_under_load(khttpd: int) -> None:
 
 def test_pipelining_client_that_never_reads(khttpd: int) -> None:
     before = helpers.meminfo_kib("MemAvailable")
-    hog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    hog = helpers.small_buffers()
     hog.connect(("127.0.0.1", khttpd))
     try:
         hog.setblocking(False)

@@ -277,8 +277,7 @@ def test_non_utf8_name(served: int, tree: Path) -> None:
 
 
 def _stalled_client(port: int, target: bytes) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s = helpers.small_buffers()
     s.connect(("127.0.0.1", port))
     s.sendall(b"GET " + target + b" HTTP/1.1\r\n\r\n")
     return s
