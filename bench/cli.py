@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="after the measured runs, one extra run per server and workload "
                              "under py-spy: a flame graph each and the top functions by self "
                              "time (bench.profile); kept out of the figures")
+    parser.add_argument("--profiler", choices=("auto", "py-spy", "perf"), default="auto",
+                        help="with --profile: py-spy, or perf with CPython's perf trampoline "
+                             "(Python 3.12+); auto: py-spy, else perf (default: %(default)s)")
     return parser
 
 
@@ -427,6 +430,8 @@ def run(argv: list[str] | None = None) -> int:
                                 or options.net != "loopback"):
             raise UsageError("--profile samples the server's processes on this machine: not "
                              "with --vm, remote hosts or --net veth")
+        if options.profiler != "auto" and not options.profile:
+            raise UsageError("--profiler chooses the sampler of --profile: give --profile too")
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"python -m bench: error: {exc}", file=sys.stderr)
@@ -593,7 +598,8 @@ def _run_plan(argv: list[str], options: argparse.Namespace, targets: list[runner
     files = report.write_outputs(out_dir, runs, meta, searches)
     print(report.console_report(aggregate.aggregate(runs, resolved["ci"]), note, searches))
     if options.profile and meta["complete"]:
-        files += _profiles(order, runs, settings, (server_cpus, client_cpus), out_dir)
+        files += _profiles(order, runs, settings, (server_cpus, client_cpus), out_dir,
+                           options.profiler)
     print(f"\nbench: {len(runs)} runs in {progress.fmt_duration(meta['wall_s'])}; wrote "
           f"{', '.join(files)} to {out_dir}", file=sys.stderr)
     return 0 if meta["complete"] else 130
@@ -636,16 +642,18 @@ def execute_to_ci(order: list[tuple[int, str, int, runner.Target]], settings: ru
 
 def _profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[Run],
               settings: runner.Settings, cpus: tuple[list[int], list[int]],
-              out_dir: str) -> list[str]:
+              out_dir: str, profiler: str) -> list[str]:
     """--profile: the profiled runs, their tables printed; the files written."""
     from bench import profile
 
-    why = profile.unavailable()
-    if why is not None:
-        print(f"bench: --profile: not profiling ({why}); the figures above stand",
+    tool, note = profile.choose(profiler)
+    if tool is None:
+        print(f"bench: --profile: not profiling ({note}); the figures above stand",
               file=sys.stderr)
         return []
-    profiles = profile.run_profiles(order, runs, settings, cpus, out_dir)
+    if note:
+        print(f"bench: --profile: {note}", file=sys.stderr)
+    profiles = profile.run_profiles(order, runs, settings, cpus, out_dir, tool)
     print("\n" + profile.profile_report(profiles))
     return profile.write(profiles, out_dir)
 

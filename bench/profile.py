@@ -15,9 +15,21 @@ Profiled runs are kept out of every measured figure: they are extra runs, and
 their records go to ``profile.json`` only. Their own server CPU per request is set
 against the same cell's unprofiled median to state the sampling overhead (py-spy
 stops the process for each sample, at :data:`RATE` per second; py-spy itself runs
-pinned to the load generator's cores). Where py-spy is missing or cannot attach
-(ptrace refused), the run says so and goes on without profiles; a C or kernel
-server has no Python stacks and is not profiled.
+pinned to the load generator's cores). A C or kernel server has no Python stacks
+and is not profiled.
+
+Where py-spy is missing or cannot attach (ptrace refused, or a Python it does not
+read), ``perf record`` samples the server tree instead, the server started with
+CPython's perf trampoline (``PYTHONPERFSUPPORT=1``, Python 3.12+), which names each
+Python function in the native stacks perf reads; ``--profiler perf`` asks for it.
+Its samples go through the same flame graph and self-time table: Python frames as
+py-spy names them, native and kernel frames as ``symbol [library]`` above the
+Python function that called them, and a sample's self time counted for its
+innermost Python function, as py-spy counts it. On an interpreter built without
+frame pointers (most), perf unwinds by DWARF, which stops at the innermost Python
+function: the flame graph then shows each function's own cost and the native code
+under it, not who called it. Where neither can sample, the run says why and goes on
+without profiles.
 """
 
 from __future__ import annotations
@@ -27,14 +39,17 @@ import hashlib
 import html
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from typing import Any
 
+import psutil
 from tabulate import tabulate
 
 from bench import metrics, runner
@@ -43,6 +58,8 @@ from bench.records import Run
 RATE = 250  # samples per second
 MIN_DURATION = 2.0  # seconds of a profiled run's window, whatever --duration
 TOP = 12  # functions in the self-time table
+PROFILERS = ("auto", "py-spy", "perf")
+PERF_STACK_BYTES = 8192  # user stack copied per sample for DWARF unwinding
 SVG_WIDTH = 1200
 ROW = 17
 
@@ -77,6 +94,52 @@ def unavailable() -> str | None:
     return None
 
 
+def perf_unavailable(python: str = sys.executable) -> str | None:
+    """None when perf can sample ``python``'s functions here, else why not (checked by
+    recording that interpreter switching its perf trampoline on)."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return "perf is not installed"
+    probe = ("import sys\n"
+             "if sys.version_info < (3, 12): sys.exit('needs Python 3.12+ (its perf "
+             "trampoline), the server runs %d.%d' % sys.version_info[:2])\n"
+             "sys.activate_stack_trampoline('perf')\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            done = subprocess.run([perf, "record", "-q", "-e", "cpu-clock", "-o",
+                                   os.path.join(tmp, "perf.data"), "--", python, "-c", probe],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"perf failed: {exc}"
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return tail[:200]
+    return None
+
+
+def frame_pointers(python: str = sys.executable) -> bool:
+    """Whether ``python`` was built with frame pointers (perf can then walk every frame)."""
+    done = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var"
+                           "('CFLAGS') or '')"], capture_output=True, text=True, timeout=30)
+    return "-fno-omit-frame-pointer" in done.stdout
+
+
+def choose(profiler: str = "auto", python: str = sys.executable) -> tuple[str | None, str]:
+    """The sampler for ``--profiler`` ("auto": py-spy, else perf): (tool, note), or
+    (None, why none can sample here)."""
+    if profiler not in PROFILERS:
+        raise ValueError(f"unknown profiler {profiler!r} (one of {', '.join(PROFILERS)})")
+    spy_why = unavailable() if profiler != "perf" else "--profiler perf"
+    if spy_why is None:
+        return "py-spy", ""
+    if profiler == "py-spy":
+        return None, spy_why
+    perf_why = perf_unavailable(python)
+    if perf_why is None:
+        return "perf", f"{spy_why}: sampling with perf and CPython's perf trampoline"
+    return None, f"{spy_why}; perf fallback unavailable: {perf_why}"
+
+
 def parse_collapsed(text: str) -> Counter[tuple[str, ...]]:
     """py-spy's raw output (``frame;frame;... count`` a line) as stack -> samples. The
     root frame names the process; its id is dropped, so a forking server's children
@@ -94,11 +157,47 @@ def parse_collapsed(text: str) -> Counter[tuple[str, ...]]:
     return stacks
 
 
+_PERF_FRAME = re.compile(r"^\s*[0-9a-f]+ (.+) \((.+)\)$")
+
+
+def _is_native(frame: str) -> bool:
+    return frame.endswith("]")  # "symbol [library]"; Python frames end "(file)"
+
+
+def parse_perf_script(text: str, commands: dict[int, str]) -> Counter[tuple[str, ...]]:
+    """``perf script -F pid,ip,sym,dso`` output as stack -> samples, root first: the
+    process (its command from ``commands``, by process id), Python functions named by
+    the perf trampoline as py-spy names them, other frames as ``symbol [library]``."""
+    stacks: Counter[tuple[str, ...]] = Counter()
+    for block in text.split("\n\n"):
+        lines = block.strip("\n").splitlines()
+        if not lines or not lines[0].strip().isdigit():
+            continue
+        pid = int(lines[0])
+        frames = []
+        for line in lines[1:]:
+            match = _PERF_FRAME.match(line)
+            if match is None or match.group(1) == "[unknown]":
+                continue
+            symbol, library = match.groups()
+            if symbol.startswith("py::"):
+                function, _, file = symbol[4:].partition(":")
+                frames.append(f"{function} ({file})")
+            else:
+                frames.append(f"{symbol} [{os.path.basename(library).strip('[]')}]")
+        if frames:
+            root = f'process "{commands.get(pid, pid)}"'
+            stacks[(root, *reversed(frames))] += 1
+    return stacks
+
+
 def top_self(stacks: Counter[tuple[str, ...]], n: int = TOP) -> list[tuple[str, int, float]]:
-    """The ``n`` functions with the most self samples: (function, samples, share)."""
+    """The ``n`` functions with the most self samples: (function, samples, share). What a
+    Python function called natively (perf's frames) counts for it, as py-spy counts it."""
     own: Counter[str] = Counter()
     for stack, count in stacks.items():
-        own[stack[-1]] += count
+        python = [frame for frame in stack[1:] if not _is_native(frame)]
+        own[python[-1] if python else stack[-1]] += count
     total = sum(own.values()) or 1
     return [(name, count, count / total) for name, count in own.most_common(n)]
 
@@ -187,11 +286,68 @@ class Sampler:
         return (stacks, "") if stacks else (None, "no samples (the server was idle)")
 
 
+class PerfSampler:
+    """``perf record`` sampling one process tree (its processes when started; children
+    forked later are followed) until :meth:`stop`. The processes must run with the perf
+    trampoline on (``PYTHONPERFSUPPORT=1``), or their Python functions stay unnamed."""
+
+    def __init__(self, pid: int, base: str, cpus: list[int] | None,
+                 python: str = sys.executable) -> None:
+        perf = shutil.which("perf")
+        assert perf is not None
+        self.perf = perf
+        self.data = base + ".perf.data"
+        tree = [psutil.Process(pid), *_children(pid)]
+        self.commands = {p.pid: " ".join(p.cmdline()) for p in tree}
+        walk = (["--call-graph", "fp"] if frame_pointers(python)
+                else ["--call-graph", f"dwarf,{PERF_STACK_BYTES}"])
+        argv = [perf, "record", "-q", "-e", "cpu-clock", "-F", str(RATE), *walk,
+                "-p", ",".join(map(str, self.commands)), "-o", self.data]
+        self.proc = subprocess.Popen(runner._pinned(argv, cpus), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def stop(self) -> tuple[Counter[tuple[str, ...]] | None, str]:
+        """Stop sampling and read the samples; (stacks, "") or (None, why there are none)."""
+        try:
+            self.proc.send_signal(signal.SIGINT)
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            return None, "perf record did not stop within 20 s (killed)"
+        for child in _children(next(iter(self.commands))):
+            self.commands.setdefault(child.pid, " ".join(child.cmdline()))
+        try:
+            if not os.path.exists(self.data):
+                tail = (err.strip().splitlines() or ["no message"])[-1]
+                return None, f"perf record wrote nothing: {tail[:160]}"
+            done = subprocess.run([self.perf, "script", "-i", self.data, "-F",
+                                   "pid,ip,sym,dso"], capture_output=True, text=True,
+                                  errors="replace", timeout=120)
+        except subprocess.TimeoutExpired:
+            return None, "perf script took over 120 s"
+        finally:
+            for path in [self.data, *(f"/tmp/perf-{pid}.map" for pid in self.commands)]:
+                if os.path.exists(path):
+                    os.unlink(path)  # the trampoline's symbol maps, read by perf script
+        stacks = parse_perf_script(done.stdout, self.commands)
+        return (stacks, "") if stacks else (None, "no samples (the server was idle)")
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 def profiled_run(target: runner.Target, label: str, concurrency: int,
                  settings: runner.Settings, cpus: tuple[list[int], list[int]],
-                 out_dir: str) -> dict[str, Any]:
-    """One extra run of ``target`` under py-spy; its record (never a measured figure)."""
-    record: dict[str, Any] = {"server": target.name, "workload": label,
+                 out_dir: str, tool: str = "py-spy") -> dict[str, Any]:
+    """One extra run of ``target`` under ``tool`` (py-spy or perf); its record (never a
+    measured figure)."""
+    record: dict[str, Any] = {"server": target.name, "workload": label, "profiler": tool,
                               "concurrency": concurrency, "status": "failed", "reason": "",
                               "svg": None, "samples": 0, "top": [], "cpu_us_per_req": None}
     if target.kind != "python":
@@ -205,7 +361,8 @@ def profiled_run(target: runner.Target, label: str, concurrency: int,
     settings = dataclasses.replace(settings, duration=max(settings.duration, MIN_DURATION))
     try:
         server = runner.start_server(target, runner.protocol_of(label), settings, server_cpus,
-                                     ready_timeout=settings.ready_timeout, extra=extra)
+                                     ready_timeout=settings.ready_timeout, extra=extra,
+                                     environ={"PYTHONPERFSUPPORT": "1"} if tool == "perf" else None)
     except runner.StartFailure as exc:
         record.update(status="skipped" if exc.skipped else "failed", reason=exc.reason)
         return record
@@ -215,7 +372,8 @@ def profiled_run(target: runner.Target, label: str, concurrency: int,
         runner.await_window(server, loadgen, settings)
         usage_of = metrics.TreeSampler(server.proc.pid)
         usage_of.start()
-        sampler = Sampler(server.proc.pid, base + ".txt", client_cpus)
+        sampler = (PerfSampler(server.proc.pid, base, client_cpus) if tool == "perf"
+                   else Sampler(server.proc.pid, base + ".txt", client_cpus))
         time.sleep(runner.window_span(settings))
         stacks, why = sampler.stop()
         usage = usage_of.stop()
@@ -229,7 +387,8 @@ def profiled_run(target: runner.Target, label: str, concurrency: int,
     title = f"{target.name}, {label}, {concurrency} connections"
     with open(base + ".svg", "w", encoding="utf-8") as f:
         f.write(flame_svg(stacks, title))
-    os.unlink(base + ".txt")
+    if tool == "py-spy":
+        os.unlink(base + ".txt")
     record.update(status="ok", svg=os.path.basename(base + ".svg"),
                   samples=sum(stacks.values()), top=top_self(stacks))
     if result is None:
@@ -241,7 +400,7 @@ def profiled_run(target: runner.Target, label: str, concurrency: int,
 
 def run_profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[Run],
                  settings: runner.Settings, cpus: tuple[list[int], list[int]],
-                 out_dir: str) -> list[dict[str, Any]]:
+                 out_dir: str, tool: str = "py-spy") -> list[dict[str, Any]]:
     """A profiled run per (server, workload) of the plan, at its first concurrency, with
     its overhead against that cell's unprofiled median CPU per request."""
     first_conc = min(conc for _, _, conc, _ in order)
@@ -249,7 +408,7 @@ def run_profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[Ru
              if conc == first_conc}
     profiles = []
     for (name, label), target in cells.items():
-        record = profiled_run(target, label, first_conc, settings, cpus, out_dir)
+        record = profiled_run(target, label, first_conc, settings, cpus, out_dir, tool)
         plain = sorted(r.cpu_us_per_req for r in runs
                        if r.cell == (name, label, first_conc) and r.cpu_us_per_req)
         if plain and record["cpu_us_per_req"]:
@@ -262,8 +421,10 @@ def run_profiles(order: list[tuple[int, str, int, runner.Target]], runs: list[Ru
 
 def profile_report(profiles: list[dict[str, Any]], fmt: str = "simple") -> str:
     """Per profiled cell: its flame graph, overhead and top functions by self time."""
-    parts = [f"Profiles (py-spy, {RATE} samples/s over each extra run; not in the figures "
-             "above). Self time: samples whose innermost frame is the function."]
+    tools = sorted({p.get("profiler", "py-spy") for p in profiles}) or ["py-spy"]
+    parts = [f"Profiles ({', '.join(tools)}, {RATE} samples/s over each extra run; not in "
+             "the figures above). Self time: samples whose innermost Python frame is the "
+             "function (what it called natively counts for it)."]
     for p in profiles:
         head = f"{p['server']} {p['workload']} @{p['concurrency']}: "
         if p["status"] != "ok":

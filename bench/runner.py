@@ -191,8 +191,10 @@ def start_server(
     cpus: list[int] | None,
     ready_timeout: float = READY_TIMEOUT,
     extra: list[str] | None = None,
+    environ: dict[str, str] | None = None,
 ) -> Server:
-    """Start ``target`` and wait for its readiness line; raise StartFailure otherwise."""
+    """Start ``target`` and wait for its readiness line; raise StartFailure otherwise.
+    ``environ``: variables added to the server's environment."""
     argv = [sys.executable, *target.argv, "--proto", protocol, "--port", "0"]
     if settings.workers:
         argv += ["--workers", str(settings.workers)]
@@ -200,6 +202,7 @@ def start_server(
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(environ or {})
     return server_process.start(argv, ready_timeout=ready_timeout, cpus=cpus, cwd=REPO,
                                 env=env, name=f"bench-{target.name}")
 
