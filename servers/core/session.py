@@ -166,11 +166,6 @@ class Session(ABC):
         pending response exists."""
         return self._closing and not self._order
 
-    @closing.setter
-    def closing(self, value: bool) -> None:
-        # Assigning True is finish(); drivers call finish().
-        self._closing = value
-
     def finish(self) -> None:
         """Finish the response in flight, then close: nothing more is read or
         answered; what is produced (and what pending backend calls will produce)

@@ -133,17 +133,16 @@ class CoreProtocol(Connection, asyncio.BufferedProtocol):
             self.pump(time.monotonic())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
         if self.file_task is not None:
             self.file_task.cancel()
             self.out.popleft()  # the task's slice: the task closes it when it ends
+        self.release()
+        if self.timer is not None:
+            self.timer.cancel()
         if self.awaiting:
             assert self.server.backend is not None
             self.server.backend.cancel(self)  # its client is gone: drop the answer
             self.awaiting = False
-        self.out.clear()
         server = self.server
         server.connections.discard(self)
         if server.stopping and not server.connections and server.all_closed is not None:

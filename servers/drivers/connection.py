@@ -22,7 +22,8 @@ here, once:
   still sends, for at most ``Settings.linger_seconds`` and
   ``Settings.linger_bytes``. :meth:`Connection.expired` says when a
   connection's idle, header or linger deadline has passed, and
-  :meth:`Connection.stop` begins a graceful stop.
+  :meth:`Connection.stop` begins a graceful stop; a driver's teardown starts
+  with :meth:`Connection.release`.
 
 A driver subclasses :class:`Connection` (or :class:`SocketConnection`, which
 holds the socket and half-closes it) with its own connection object and
@@ -261,6 +262,15 @@ class Connection:
         if self.lingering:
             return now >= self.linger_until
         return self.session.expired(now)
+
+    def release(self) -> bool:
+        """The connection ends: mark it closed and drop its queued output (closing the
+        file slices); False if it had ended already, so the driver's teardown runs once."""
+        if self.closed:
+            return False
+        self.closed = True
+        self.out.clear()
+        return True
 
     def stop(self, now: float) -> bool:
         """A graceful stop: finish the response in flight, then close. Returns True

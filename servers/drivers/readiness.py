@@ -327,15 +327,13 @@ class ReadinessLoop:
                 self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
-        if conn.closed:
+        if not conn.release():
             return
-        conn.closed = True
         if self.pool is not None:
             self.pool.cancel(conn)
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
             self._unwatch(conn.fd)
-        conn.out.clear()
         conn.sock.close()
 
     def _unwatch(self, fd: int) -> None:
