@@ -158,6 +158,15 @@ def parse_collapsed(text: str) -> Counter[tuple[str, ...]]:
 
 
 _PERF_FRAME = re.compile(r"^\s*[0-9a-f]+ (.+) \((.+)\)$")
+_LIBRARY_DIR = re.compile(r"^.*/(?:site-packages|dist-packages|lib/python3\.\d+)/")
+
+
+def _short_path(file: str) -> str:
+    """A source path as py-spy shows it: from its package (site-packages, the standard
+    library) or from the checkout."""
+    if file.startswith(runner.REPO + os.sep):
+        return file[len(runner.REPO) + 1:]
+    return _LIBRARY_DIR.sub("", file)
 
 
 def _is_native(frame: str) -> bool:
@@ -182,7 +191,7 @@ def parse_perf_script(text: str, commands: dict[int, str]) -> Counter[tuple[str,
             symbol, library = match.groups()
             if symbol.startswith("py::"):
                 function, _, file = symbol[4:].partition(":")
-                frames.append(f"{function} ({file})")
+                frames.append(f"{function} ({_short_path(file)})")
             else:
                 frames.append(f"{symbol} [{os.path.basename(library).strip('[]')}]")
         if frames:
