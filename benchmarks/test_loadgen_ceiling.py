@@ -28,7 +28,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+
+from bench import server_process
+from bench.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 3
@@ -36,35 +40,17 @@ SECONDS = 3
 CONNECTIONS = 100
 
 
-class Server:
-    """``python -m servers.c_epoll`` in a subprocess, optionally pinned to CPUs."""
+def start_c_epoll(proto: str, cpus: list[int] | None = None) -> ServerProcess:
+    """``python -m servers.c_epoll`` started as the harness starts every server."""
+    argv = [sys.executable, "-m", "servers.c_epoll", "--proto", proto, "--port", "0"]
+    return server_process.start(argv, ready_timeout=10, cpus=cpus, cwd=str(ROOT),
+                                name="c-epoll")
 
-    def __init__(self, proto: str, cpus: str | None = None) -> None:
-        cmd = [sys.executable, "-m", "servers.c_epoll", "--proto", proto, "--port", "0"]
-        if cpus is not None:
-            cmd = ["taskset", "-c", cpus, *cmd]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        match = re.match(r"listening on \S+:(\d+)", line)
-        if match is None:
-            self.proc.kill()
-            raise RuntimeError(f"c-epoll did not start: {line!r}")
-        self.port = int(match.group(1))
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def cpu_seconds(server: ServerProcess) -> float:
+    """User + system CPU time of the server process so far."""
+    times = psutil.Process(server.proc.pid).cpu_times()
+    return times.user + times.system
 
 
 def loadgen(port: int, workload: str, connections: int, threads: int,
@@ -102,16 +88,16 @@ def saturation(rounds: int = ROUNDS, workload: str = "echo") -> dict[str, list[f
     """
     from bench.loadgen import run
 
-    server = Server("http" if workload.startswith("http") else "echo", cpus="0")
+    server = start_c_epoll("http" if workload.startswith("http") else "echo", cpus=[0])
     figures: dict[str, list[float]] = {"server_util": [], "client_util": [], "req_per_s": [],
                                        "server_us_per_req": [], "client_us_per_req": []}
     saved = os.sched_getaffinity(0)
     try:
         os.sched_setaffinity(0, {1})
         for _ in range(rounds):
-            cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            cpu0, t0 = cpu_seconds(server), time.monotonic()
             result = run("127.0.0.1", server.port, workload, CONNECTIONS, SECONDS, threads=1)
-            cpu1, t1 = server.cpu_seconds(), time.monotonic()
+            cpu1, t1 = cpu_seconds(server), time.monotonic()
             assert result["errors_total"] == 0, result["errors"]
             figures["server_util"].append((cpu1 - cpu0) / (t1 - t0))
             figures["client_util"].append(result["client_cpu_util"])
@@ -127,7 +113,7 @@ def saturation(rounds: int = ROUNDS, workload: str = "echo") -> dict[str, list[f
 
 def versus_wrk(rounds: int = ROUNDS) -> dict[str, list[float]]:
     """Proof (b): keep-alive HTTP req/s of wrk and of loadgen, interleaved."""
-    server = Server("http")
+    server = start_c_epoll("http")
     threads = 2
     figures: dict[str, list[float]] = {"wrk": [], "loadgen": []}
     try:
