@@ -74,7 +74,7 @@ class _Connection:
         self.settings = settings
         self.backend = backend
         self.scope: trio.CancelScope | None = None  # the current operation's deadline
-        self.deadline = math.inf  # the scope's deadline, kept here (reading it costs)
+        self.deadline = math.inf  # the scope's deadline on time.monotonic()'s clock
         self.late = min(settings.idle_timeout, settings.header_timeout) * 0.02 + 0.002
         self.receiving = False  # the task waits in a receive (a stop may cancel it)
         self.stopping = False
@@ -125,7 +125,7 @@ class _Connection:
                 continue  # all sent: parse what the last read still holds
             if self.eof:
                 return True
-            self._bound(scope, _trio_time(session.deadline()))
+            self._bound(scope, session.deadline())
             self.receiving = True
             data = await stream.receive_some(size)
             self.receiving = False
@@ -138,10 +138,11 @@ class _Connection:
                 return False
 
     def _bound(self, scope: trio.CancelScope, deadline: float) -> None:
-        """Make ``scope`` fire at ``deadline`` (trio time), or a little later: see the
-        module docstring."""
+        """Make ``scope`` fire at ``deadline`` (time.monotonic()), or a little later: see
+        the module docstring. Kept on our clock, converted to trio's only when it moves."""
         if not deadline <= self.deadline <= deadline + self.late:
-            self.deadline = scope.deadline = deadline + self.late
+            self.deadline = deadline + self.late
+            scope.deadline = _trio_time(self.deadline)
 
     async def _perform(self, call: BackendCall) -> None:
         assert self.backend is not None  # a session makes calls only with --redis
@@ -162,13 +163,13 @@ class _Connection:
                     item.close()
                 continue
             if len(item) <= _SEND_CHUNK:
-                self._bound(scope, trio.current_time() + idle)
+                self._bound(scope, time.monotonic() + idle)
                 await self.stream.send_all(item)
                 self.session.sent(len(item), time.monotonic())
                 continue
             view = memoryview(item)
             for start in range(0, len(view), _SEND_CHUNK):
-                self._bound(scope, trio.current_time() + idle)
+                self._bound(scope, time.monotonic() + idle)
                 await self.stream.send_all(view[start:start + _SEND_CHUNK])
                 self.session.sent(min(_SEND_CHUNK, len(view) - start), time.monotonic())
 
@@ -177,7 +178,7 @@ class _Connection:
         waiting for writability between calls."""
         sock = self.stream.socket
         while item.count > 0:
-            self._bound(scope, trio.current_time() + self.settings.idle_timeout)
+            self._bound(scope, time.monotonic() + self.settings.idle_timeout)
             await trio.lowlevel.wait_writable(sock)
             try:
                 sent = item.send_some(sock.fileno(), _SEND_CHUNK, self.settings.sendfile)
