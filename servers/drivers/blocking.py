@@ -13,8 +13,8 @@ does around a connection, is :mod:`servers.drivers.blocking_runner`'s.
 How a call waits at most so long is :class:`_Timer`'s: a stdlib socket stays in
 blocking mode under kernel timeouts (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), because
 ``settimeout`` costs an ioctl each time and then a poll(2) before every recv and
-send: four system calls a request more than the model needs. Other sockets keep
-``settimeout``; gevent's get one timer per connection instead
+send: four system calls a request more than the model needs. Other socket classes
+bring bounds of their own: gevent's cooperative sockets get one timer per connection
 (:mod:`servers.drivers.greenlet_bounds`, passed as ``bounds``).
 """
 
@@ -70,11 +70,11 @@ def serve_connection(
             if pending:
                 now = sender.send(pending, now)
                 pending = []
-            call = session.take_backend_call()
+            # A session makes backend calls only with --redis, when there is a backend.
+            call = session.take_backend_call() if backend is not None else None
             if call is not None:
                 timer.unbound()
                 try:
-                    assert backend is not None  # a session makes calls only with --redis
                     replies = backend.perform(call)
                 except BackendUnavailable:
                     now = clock()
@@ -234,7 +234,7 @@ class Sender:
 
 
 class _Timer:
-    """Bounds the next receive or send of a blocking socket (see the module docstring).
+    """Bounds the next receive or send of a stdlib socket (see the module docstring).
 
     Under kernel timeouts a receive timeout is changed only when the deadline moved
     notably: set longer than the time left, it would let a call wait past its deadline,
@@ -242,24 +242,22 @@ class _Timer:
     shorter (under half), the call wakes early, finds the deadline not reached and
     waits again, so it is set again then too. A keep-alive connection's deadline
     moves by about the time between two requests, so its receives change nothing.
-    A call that times out raises BlockingIOError (kernel) or TimeoutError.
+    A call that times out raises BlockingIOError (TimeoutError under python_timeout).
     """
 
-    __slots__ = ("sock", "kernel", "python", "receive", "send")
+    __slots__ = ("sock", "python", "receive", "send")
 
     def __init__(self, sock: socket.socket, sender: Sender) -> None:
+        if type(sock) is not socket.socket:
+            raise TypeError(f"kernel timeouts need a stdlib socket, not {type(sock)!r}: "
+                            "pass bounds of its own")
         self.sock = sock
-        self.kernel = type(sock) is socket.socket
         self.python = False  # python_timeout left the socket in Python's timeout mode
-        self.receive = -1.0  # the timeout in force for receives (kernel), -1: none set
+        self.receive = -1.0  # the timeout in force for receives, -1: none set
         self.send = -1.0
-        if self.kernel:
-            sock.settimeout(None)
+        sock.settimeout(None)
 
     def receive_within(self, timeout: float) -> None:
-        if not self.kernel:
-            self.sock.settimeout(timeout)
-            return
         if self.python:
             self._blocking_again()
         elif timeout * 0.5 <= self.receive <= timeout * 1.02 + 0.002:
@@ -268,9 +266,6 @@ class _Timer:
         self._set(socket.SO_RCVTIMEO, timeout)
 
     def send_within(self, timeout: float) -> None:
-        if not self.kernel:
-            self.sock.settimeout(timeout)
-            return
         if self.python:
             self._blocking_again()
         if self.send != timeout:
@@ -281,7 +276,7 @@ class _Timer:
         """Python's own timeout (poll before each call) until the next bound, for calls
         that do not take kernel timeouts (socket.sendfile waits with its own poll)."""
         self.sock.settimeout(timeout)
-        self.python = self.kernel
+        self.python = True
 
     def unbound(self) -> None:
         """Nothing to do: bounds are set before each call."""
