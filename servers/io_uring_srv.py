@@ -37,7 +37,7 @@ from servers.settings import Settings
 from servers.stop import StopSignal
 
 
-def _load_binding() -> Any:
+def load_binding() -> Any:
     """Import ``uring_api`` or raise :class:`Unavailable` saying why io_uring cannot be used."""
     try:
         import uring_api
@@ -56,7 +56,7 @@ def probe() -> dict[str, bool]:
 
     Raises :class:`Unavailable` with a one-line reason when io_uring is unusable.
     """
-    uring = _load_binding()
+    uring = load_binding()
     features = uring.probe()
     if not features.get("available"):
         raise Unavailable("io_uring unavailable: the kernel refused to create a ring "
@@ -113,7 +113,7 @@ class IoUring(Backend):
 
     def serve(self, listener: socket.socket, settings: Settings, stop: StopSignal,
               options: argparse.Namespace) -> None:
-        UringLoop(_load_binding(), listener, settings, stop,
+        UringLoop(load_binding(), listener, settings, stop,
                   multishot_recv=self.multishot_recv,
                   multishot_accept=self.features.get("multishot_accept", False)).run()
 

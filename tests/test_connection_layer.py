@@ -1,9 +1,11 @@
 """The non-blocking connection layer (servers/drivers/connection.py) over real sockets.
 
 Every driver that uses the layer (the readiness loop on select, epoll and
-edge-triggered epoll; the asyncio adapter on the stdlib loop and on uvloop) runs
-in a thread of this process with settings the command line does not offer (the
-linger bounds), and a blocking client checks what the peer sees:
+edge-triggered epoll; the asyncio adapter on the stdlib loop and on uvloop; the
+io_uring completion loop with a multishot and a single-shot recv, skipped with
+the reason where io_uring cannot run) runs in a thread of this process with
+settings the command line does not offer (the linger bounds), and a blocking
+client checks what the peer sees:
 
 - the lingering close ends after ``linger_bytes`` even while the peer keeps
   sending, after ``linger_seconds`` while it sends slowly, and at once when the
@@ -40,7 +42,7 @@ from servers.settings import KIB, MIB, Settings
 from servers.stop import StopSignal
 from tests.clients import ResponseReader, get, recv_exactly
 
-DRIVERS = ["select", "epoll", "epoll-et", "asyncio", "uvloop"]
+DRIVERS = ["select", "epoll", "epoll-et", "asyncio", "uvloop", "io_uring", "io_uring-single"]
 CLOSE = get("/", headers="Connection: close\r\n")
 BIG = 8 * MIB  # a file larger than what loopback socket buffers hold
 
@@ -49,6 +51,8 @@ def _runner(kind: str, listener: socket.socket, settings: Settings,
             stop: StopSignal) -> Callable[[], None]:
     if kind in POLLERS:
         return ReadinessLoop(POLLERS[kind](), listener, settings, stop).run
+    if kind.startswith("io_uring"):
+        return _io_uring_runner(kind == "io_uring", listener, settings, stop)
     if kind == "uvloop":
         uvloop = pytest.importorskip("uvloop")
 
@@ -57,6 +61,25 @@ def _runner(kind: str, listener: socket.socket, settings: Settings,
                 runner.run(serve_listener(listener, settings, stop))
         return run
     return lambda: asyncio.run(serve_listener(listener, settings, stop))
+
+
+def _io_uring_runner(multishot: bool, listener: socket.socket, settings: Settings,
+                     stop: StopSignal) -> Callable[[], None]:
+    from servers.backend import Unavailable
+    from servers.drivers.io_uring import UringLoop
+    from servers.io_uring_srv import load_binding, probe
+
+    try:
+        features = probe()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    if multishot and not features["multishot_recv"]:
+        pytest.skip("io_uring: this kernel has no multishot recv with provided buffers")
+
+    def run() -> None:  # the ring is made on the thread that drives it
+        UringLoop(load_binding(), listener, settings, stop, multishot_recv=multishot,
+                  multishot_accept=features["multishot_accept"]).run()
+    return run
 
 
 @contextmanager

@@ -8,4 +8,6 @@
 - :mod:`servers.drivers.readiness`: one non-blocking loop over a pluggable poller
   (:mod:`servers.drivers.pollers`: select, poll, epoll level- or edge-triggered).
 - :mod:`servers.drivers.aio`: an ``asyncio.BufferedProtocol`` adapter (stdlib loop, uvloop).
+- :mod:`servers.drivers.io_uring`: the io_uring completion loop (multishot or single-shot
+  recv), the guestbook's Redis I/O on the same ring.
 """

@@ -4,10 +4,13 @@ The loop never asks whether a socket is ready: it asks for the operation and is
 told its result. Every operation carries, as its user data, the callable that
 handles its completion (one dispatch scheme for clients, Redis connections, the
 listener and the stop pipe). One multishot accept (re-armed single-shot accepts
-where the kernel lacks it) feeds connections; each connection keeps one recv
-armed and at most one send in flight (two sends in flight on one socket could
-complete out of order), prepared in one place (:meth:`UringLoop._send`).
-Two receive modes:
+where the kernel lacks it) feeds connections. A client is a
+:class:`~servers.drivers.connection.SocketConnection`: its output queue and its life
+cycle (backpressure, finishing, lingering within ``linger_seconds`` and
+``linger_bytes``, expiry, stop) are that shared layer's; this loop only arms
+recvs while the connection reads and keeps at most one send in flight on it
+(two sends in flight on one socket could complete out of order), prepared in
+one place (:meth:`UringLoop._send`). Two receive modes:
 
 - single-shot: a recv into a buffer the connection owns, re-armed after each
   completion. Memory is a buffer per connection, armed or not.
@@ -18,10 +21,11 @@ Two receive modes:
 
 Files are read+send, both on the ring: a read of the next chunk into a buffer
 the connection keeps, then a send of what it read (the binding exposes no
-splice, so there is no sendfile(2)). Backpressure: past the write high-water
-mark the session stops parsing and no recv is re-armed (multishot: the armed
-one is cancelled, submitted at the end of the batch of completions that paused
-it) until the output drains; then the session parses what it held. What a
+splice, so there is no sendfile(2)); a short send of a chunk reads the rest
+again. Backpressure: while the connection does not read, no recv is re-armed
+(multishot: the armed one is cancelled, submitted at the end of the batch of
+completions that paused it) until the output drains; then the session parses
+what it held. What a
 multishot recv still delivers before its cancel lands is kept unparsed: at most
 that one batch, itself bounded by the provided-buffer ring (16 MiB, shared by
 all connections). Timeouts are a periodic scan of the sessions' deadlines, as
@@ -54,18 +58,20 @@ it (:mod:`servers.io_uring_srv`); this module imports nothing of it.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from servers.core import FileSlice, Session, session_factory
+from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import AcceptBackoff
+from servers.drivers.connection import SocketConnection
 from servers.drivers.redis_pool import Link, RedisPool
 from servers.settings import Settings
 from servers.stop import StopSignal
@@ -100,32 +106,72 @@ def ring_flags(uring: Any) -> int:
     return 0
 
 
-class _Conn:
-    """A client connection and the ring operations in flight on it. Its handlers are
-    bound once, at accept, and dropped at close (they refer back to it)."""
+class _Conn(SocketConnection):
+    """A client socket and the ring operations in flight on it: one recv armed while
+    it is read, one send (or a file chunk's read, then its send) while ``in_flight``.
+    Its completion handlers are bound once, at accept, and dropped at close (they
+    refer back to it)."""
 
-    __slots__ = ("sock", "fd", "session", "buf", "view", "out", "sending", "recv_op",
-                 "cancelling", "file_read", "file_buf", "closed", "lingering", "linger_until",
-                 "recv_done", "send_done", "read_done")
+    __slots__ = ("loop", "ring", "buf", "view", "sending", "recv_op", "cancelling",
+                 "file_buf", "recv_done", "send_done", "read_done")
 
-    def __init__(self, sock: socket.socket, session: Session, buf: bytearray | None) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.session = session
+    def __init__(self, loop: UringLoop, sock: socket.socket, session: Session,
+                 buf: bytearray | None) -> None:
+        super().__init__(session, loop.settings, loop.pool is not None, sock)
+        self.loop = loop
+        self.ring = loop.ring
         self.buf = buf
         self.view = memoryview(buf) if buf is not None else None
-        self.out: deque[bytes | FileSlice] = deque()
         self.sending: memoryview | None = None  # the send in flight
         self.recv_op: Any = None  # the armed recv, if any
         self.cancelling = False  # a cancel of the armed multishot recv is on its way
-        self.file_read: FileSlice | None = None  # the file whose chunk is being read
         self.file_buf: bytearray | None = None
-        self.closed = False
-        self.lingering = False
-        self.linger_until = 0.0
-        self.recv_done: Done = _ignore
-        self.send_done: Done = _ignore
-        self.read_done: Done = _ignore
+        self.recv_done: Done = partial(loop._on_recv, self)
+        self.send_done: Done = partial(loop._on_send, self)
+        self.read_done: Done = partial(loop._on_read, self)
+
+    def _write(self, now: float) -> None:
+        """Start the next operation of the output, unless one is in flight: a send of
+        queued bytes (adjacent ones joined), or the read of a file's next chunk (sent
+        when the read completes). The queue keeps both until the send completes."""
+        if self.in_flight:
+            return
+        out = self.out
+        head = out[0]
+        if isinstance(head, FileSlice):
+            try:
+                fd = head.fileno()
+            except OSError:
+                self.loop._close(self)  # gone or replaced since its head was sent
+                return
+            if self.file_buf is None:
+                self.file_buf = bytearray(_FILE_CHUNK)
+            size = min(head.count, _FILE_CHUNK)
+            self.in_flight = True
+            self.ring.prepare_read(fd, memoryview(self.file_buf)[:size], head.offset,
+                                   self.read_done)
+            return
+        self.in_flight = True
+        self.loop._send(self, memoryview(head if len(out) == 1 else out.gather(_SEND_JOIN)))
+
+    def _interest(self, reading: bool, writing: bool) -> None:
+        """Completions need no writability, so ``writing`` is ignored (and stays false):
+        only reading matters, a recv armed or not (multishot: the armed one cancelled)."""
+        if reading == self.reading:
+            return
+        self.reading = reading
+        if reading:
+            self.loop._arm_recv(self)
+        else:
+            self.loop._stop_reading(self)
+
+    def _close(self) -> None:
+        self.loop._close(self)
+
+    def _perform(self, call: BackendCall) -> None:
+        loop = self.loop
+        assert loop.pool is not None
+        loop.pool.submit(self, call, loop.clock())  # performed after the batch
 
 
 class _RedisConn:
@@ -182,6 +228,7 @@ class UringLoop:
         self.redis_retry: list[_RedisConn] = []  # unix connects to try again (EAGAIN)
         shortest = min(settings.idle_timeout, settings.header_timeout)
         self.scan_every = min(1.0, max(0.05, shortest / 4))
+        self.now = clock()  # read once per batch of completions
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -211,18 +258,17 @@ class UringLoop:
                     if self.accept_op is None:
                         self._arm_accept()
                         ring.submit()
-                wake = next_scan
-                if self.accept_resume_at:
-                    wake = min(wake, self.accept_resume_at)
-                if self.stopping:
-                    wake = min(wake, self.stop_deadline)
-                if self.redis_retry:
-                    wake = min(wake, now + _CONNECT_RETRY)
+                wake = min(next_scan, self.accept_resume_at or math.inf,
+                           self.stop_deadline if self.stopping else math.inf,
+                           now + _CONNECT_RETRY if self.redis_retry else math.inf)
                 try:
                     batch = ring.wait(max(0.0, wake - now))
                 except InterruptedError:
                     continue  # a signal: its handler has run; a stop shows as the poll
                 if batch:
+                    # One clock reading per batch for the clients' reads and sends: the
+                    # activity times behind idle and header deadlines need no finer grain.
+                    self.now = self.clock()
                     for c in batch:
                         c.user_data(c)
                 if self.redis_retry:
@@ -291,10 +337,7 @@ class UringLoop:
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = None if self.group is not None else bytearray(_SINGLE_RECV_SIZE)
-        conn = _Conn(sock, self.new_session(self.clock()), buf)
-        conn.recv_done = partial(self._on_recv, conn)
-        conn.send_done = partial(self._on_send, conn)
-        conn.read_done = partial(self._on_read, conn)
+        conn = _Conn(self, sock, self.new_session(self.clock()), buf)
         self.conns.add(conn)
         self._arm_recv(conn)
 
@@ -307,17 +350,14 @@ class UringLoop:
             self.ring.prepare_poll(self.stop.fileno(), select.POLLIN, self._on_stop)
             return
         self.stopping = True
-        self.stop_deadline = self.clock() + self.settings.shutdown_grace
+        now = self.clock()
+        self.stop_deadline = now + self.settings.shutdown_grace
         if self.accept_op is not None:
             self.ring.prepare_cancel(self.accept_op, _ignore)
             self.accept_op = None
         self.accept_resume_at = 0.0
         for conn in list(self.conns):
-            if (conn.out or conn.sending is not None or conn.file_read is not None
-                    or conn.session.awaiting_backend):
-                conn.session.finish()  # the response in flight leaves, then the close
-                self._stop_reading(conn)
-            else:
+            if conn.stop(now):
                 self._close(conn)
 
     # -- receiving ---------------------------------------------------------------------
@@ -340,72 +380,41 @@ class UringLoop:
             self.ring.prepare_cancel_nowait(conn.recv_op)
             self.needs_submit = True
 
-    def _wants_input(self, conn: _Conn) -> bool:
-        if conn.lingering:
-            return True
-        return not self.stopping and conn.session.wants_input
-
     def _on_recv(self, conn: _Conn, c: Any) -> None:
         res = c.res
         multishot = self.group is not None
-        if res > 0 and not conn.closed and not conn.lingering:
-            # The hot path: data in, output out, recv still armed (or re-armed).
-            if multishot:
-                if not c.flags & _MORE:
-                    conn.recv_op = None
-                result = c.result
-                view = memoryview(result)
-                try:
-                    conn.session.received(view, self.clock())
-                finally:
-                    view.release()
-                    result.close()  # the buffer goes back to the kernel's ring now
-            else:
-                conn.recv_op = None
-                conn.session.received(conn.view[:res], self.clock())
-            self._pump(conn)
-            if conn.closed:
-                return
-            if conn.recv_op is None:
-                if self._wants_input(conn):
-                    self._arm_recv(conn)
-            elif multishot and not self._wants_input(conn):
-                self._stop_reading(conn)
-            return
         if not multishot or not c.flags & _MORE:
             conn.recv_op = None
-        view = memoryview(c.result) if multishot and res > 0 else None
-        try:
-            if conn.closed:
-                return
-            if res > 0:
-                if conn.lingering:
-                    pass  # after our last response: read and discard
-                else:
-                    data = view if view is not None else conn.view[:res]
-                    conn.session.received(data, self.clock())
-                    self._pump(conn)
-            elif res == 0:
-                if conn.lingering:
+        if res > 0:
+            if multishot:
+                result = c.result
+                data = memoryview(result)
+            else:
+                data = conn.view[:res]
+            try:
+                if conn.closed:
+                    return
+                if not conn.lingering:
+                    now = self.now
+                    conn.session.received(data, now)
+                    conn.pump(now)
+                elif conn.lingered(res):  # after the last response: read and dropped
                     self._close(conn)
                     return
-                conn.session.eof_received(self.clock())
-                self._pump(conn, eof=True)
-                return
-            elif -res not in (errno.ENOBUFS, errno.ECANCELED):
-                self._close(conn)
-                return
-        finally:
-            if view is not None:
-                view.release()
-                c.result.close()  # the buffer goes back to the kernel's ring
-        if conn.closed:
+            finally:
+                if multishot:
+                    data.release()
+                    result.close()  # the buffer goes back to the kernel's ring now
+        elif conn.closed:
             return
-        if conn.recv_op is None:
-            if self._wants_input(conn):
-                self._arm_recv(conn)
-        elif not self._wants_input(conn):
-            self._stop_reading(conn)
+        elif res == 0:
+            conn.eof(self.now)
+            return
+        elif -res not in (errno.ENOBUFS, errno.ECANCELED):
+            self._close(conn)
+            return
+        if conn.recv_op is None and conn.reading and not conn.closed:
+            self._arm_recv(conn)  # single shot, or a multishot recv that ended
 
     # -- sending -----------------------------------------------------------------------
 
@@ -415,124 +424,43 @@ class UringLoop:
         target.sending = data
         self.ring.prepare_send(target.fd, data, _MSG_NOSIGNAL, target.send_done)
 
-    def _pump(self, conn: _Conn, eof: bool = False) -> None:
-        """Hand a backend call the session queued to the pool; queue the session's
-        output, start a send if none is in flight, finish if done."""
-        if self.pool is not None:
-            call = conn.session.take_backend_call()
-            if call is not None:
-                self.pool.submit(conn, call, self.clock())  # performed after the batch
-        writes = conn.session.take_output()
-        if (len(writes) == 1 and conn.sending is None and conn.file_read is None
-                and not conn.out and type(writes[0]) is bytes):
-            # The common case (one response, nothing queued): straight onto the ring.
-            self._send(conn, memoryview(writes[0]))
-            return
-        conn.out.extend(writes)
-        if conn.sending is None and conn.file_read is None:
-            if conn.out:
-                self._send_next(conn)
-            elif conn.session.closing:
-                self._finish(conn, eof)
-            elif conn.session.paused and conn.session.resume(self.clock()):
-                self._pump(conn)  # the output drained: what the session held comes next
-
-    def _send_next(self, conn: _Conn) -> None:
-        """Start the next operation of the output: a send of queued bytes (adjacent ones
-        joined), or the read of a file's next chunk (sent when the read completes)."""
-        out = conn.out
-        head = out.popleft()
-        if isinstance(head, FileSlice):
-            out.appendleft(head)  # stays queued until its last byte is read
-            try:
-                fd = head.fileno()
-            except OSError:
-                self._close(conn)  # gone or replaced since its head was sent
-                return
-            if conn.file_buf is None:
-                conn.file_buf = bytearray(_FILE_CHUNK)
-            size = min(head.count, _FILE_CHUNK)
-            conn.file_read = head
-            self.ring.prepare_read(fd, memoryview(conn.file_buf)[:size], head.offset,
-                                   conn.read_done)
-            return
-        data = head
-        if out and not isinstance(out[0], FileSlice) and len(head) < _SEND_JOIN:
-            parts = [head]
-            size = len(head)
-            while out and not isinstance(out[0], FileSlice) and size < _SEND_JOIN:
-                part = out.popleft()
-                assert isinstance(part, bytes)
-                parts.append(part)
-                size += len(part)
-            data = b"".join(parts)
-        self._send(conn, memoryview(data))
-
     def _on_read(self, conn: _Conn, c: Any) -> None:
-        """A chunk of a file is in the connection's file buffer: send it."""
-        item, conn.file_read = conn.file_read, None
-        if conn.closed or item is None:
+        """A chunk of the head file slice is in the connection's file buffer: send it
+        (the slice advances when the send completes)."""
+        if conn.closed:
             return
         res = c.res
         if res <= 0:
             self._close(conn)  # a read error, or the file shrank: the length cannot be kept
             return
-        item.advance(res)
-        if item.count == 0:
-            item.close()
-            conn.out.popleft()
         assert conn.file_buf is not None
         # The buffer is not read into again before this send completes.
         self._send(conn, memoryview(conn.file_buf)[:res])
 
     def _on_send(self, conn: _Conn, c: Any) -> None:
+        conn.sending = None
+        conn.in_flight = False
         if conn.closed:
             return
         res = c.res
         if res < 0:
             self._close(conn)
             return
-        conn.session.sent(res, self.clock())
-        sending = conn.sending
-        assert sending is not None
-        if res < len(sending):
-            self._send(conn, sending[res:])
-            return
-        conn.sending = None
-        if conn.out:
-            self._send_next(conn)
-        elif conn.session.closing:
-            self._finish(conn, False)
-        elif conn.session.paused and conn.session.resume(self.clock()):
-            self._pump(conn)  # the output drained: what the session held comes next
-            if not conn.closed and conn.recv_op is None and self._wants_input(conn):
-                self._arm_recv(conn)
-        elif conn.recv_op is None and self._wants_input(conn):
-            self._arm_recv(conn)
-
-    def _finish(self, conn: _Conn, eof: bool) -> None:
-        """All output is out and the session is done: close, lingering if the peer may
-        still send (closing with unread input would reset the last response)."""
-        if eof or self.stopping:
-            self._close(conn)
-            return
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(conn)
-            return
-        conn.lingering = True
-        conn.linger_until = self.clock() + self.settings.linger_seconds
-        self._arm_recv(conn)
+        now = self.now
+        out = conn.out
+        head = out[0]
+        if type(head) is bytes and res == len(head):
+            out.popleft()  # the common case: one whole response left
+        else:
+            out.sent(res)
+        conn.session.sent(res, now)
+        conn.pump(now)  # the rest of a short send, the next output, or the finish
 
     # -- timeouts and teardown ---------------------------------------------------------
 
     def _expire(self, now: float) -> None:
         for conn in list(self.conns):
-            if conn.lingering:
-                if now >= conn.linger_until:
-                    self._close(conn)
-            elif conn.session.expired(now):
+            if conn.expired(now):
                 self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
@@ -542,9 +470,6 @@ class UringLoop:
         self.conns.discard(conn)
         if self.pool is not None:
             self.pool.cancel(conn)  # a call in flight: its replies are dropped
-        for item in conn.out:
-            if isinstance(item, FileSlice):
-                item.close()
         conn.out.clear()
         # Operations in flight keep their handlers; the connection forgets them, which
         # ends the reference cycle between the two.
@@ -552,11 +477,14 @@ class UringLoop:
         # A recv still armed holds a reference to the socket, so closing the descriptor
         # alone would neither end it nor send FIN: shut the socket down, which completes
         # the recv (its completion then finds the connection closed).
-        if conn.recv_op is not None or conn.sending is not None or conn.file_read is not None:
+        if conn.recv_op is not None or conn.in_flight:
             try:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            # A multishot recv goes on receiving what a peer still sends after the
+            # shutdown (a lingering close cut short): it is cancelled too.
+            self._stop_reading(conn)
             # An operation prepared but not yet submitted names the descriptor by number:
             # submit it while the number is still this socket's, not a reused one's.
             self.ring.submit()
@@ -588,15 +516,7 @@ class UringLoop:
                           self._redis_close)
 
     def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
-        if conn.closed:
-            return  # gone meanwhile: the replies are dropped
-        if replies is None:
-            conn.session.backend_failed(self.clock())
-        else:
-            conn.session.backend_replied(replies, self.clock())
-        self._pump(conn)
-        if not conn.closed and conn.recv_op is None and self._wants_input(conn):
-            self._arm_recv(conn)
+        conn.backend_answered(replies, self.clock())
 
     def _redis_open(self, link: Link) -> None:
         """A new Redis socket; TCP connects on the ring, a unix socket at once."""
