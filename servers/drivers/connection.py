@@ -142,7 +142,7 @@ class Connection:
         self.reading = True  # what the driver waits for now (set through _interest)
         self.writing = False
         self.in_flight = False  # output is moving outside the queue (a send, a file task)
-        self.throttled = False  # the transport asked for no more output for now
+        self.throttled = False  # the transport asked for no more output (implies in_flight)
         self.lingering = False
         self.linger_until = 0.0
         self.linger_left = 0
@@ -183,9 +183,7 @@ class Connection:
         ``eof``: the peer has ended its stream (nothing to linger for)."""
         session, out = self.session, self.out
         while True:
-            items = session.take_output()
-            if items:
-                out.extend(items)
+            out.extend(session.take_output())
             if out:
                 self._write(now)
                 if self.closed:
@@ -202,8 +200,8 @@ class Connection:
                 self._interest(reading, True)
         elif session.closing:
             self.finish(now, eof)
-        else:
-            reading = session.wants_input and not self.throttled
+        else:  # nothing in flight, so no transport's pause either
+            reading = session.wants_input
             if self.writing or reading != self.reading:
                 self._interest(reading, False)
 
