@@ -182,7 +182,9 @@ class ReadinessLoop:
                             if link is not None:
                                 self._link_event(link, readable, writable, hangup)
                             continue
-                        if writable:
+                        if writable and conn.out:
+                            # (Edge triggering reports writability with nothing queued:
+                            # every pump leaves an empty queue with nothing left to do.)
                             conn.pump(self._now)
                         if readable and not conn.closed:
                             self._read(conn, hangup)
