@@ -96,7 +96,11 @@ def serving(kind: str, **changes: object) -> Iterator[tuple[tuple[str, int], Sto
         except BaseException as exc:  # reported by the test, not lost in the thread
             failures.append(exc)
 
-    run = _runner(kind, listener, settings, stop)
+    try:
+        run = _runner(kind, listener, settings, stop)
+    except BaseException:  # a skip (io_uring unavailable) included
+        listener.close()
+        raise
     thread = threading.Thread(target=target, name=f"server-{kind}", daemon=True)
     thread.start()
     try:
