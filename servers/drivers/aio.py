@@ -12,7 +12,10 @@ are the high-water mark: while it has paused writing the connection is
 it held once the transport drains. Files
 are sent with ``loop.sendfile`` on the stdlib loop (a real sendfile) and by
 read-and-write paced by flow control on uvloop, which has none; output queued
-behind a file waits for it.
+behind a file waits for it. Either way a file leaves in pieces of
+``_FILE_CHUNK``, each counted as progress when it is done, so a peer that stops
+reading in the middle of a file is let go an idle timeout after the last piece,
+as for any other response.
 
 The listener is accepted from here, not by ``loop.create_server``, so that both
 loops handle running out of descriptors the same way
@@ -221,10 +224,13 @@ class CoreProtocol(Connection, asyncio.BufferedProtocol):
         count = item.count
         try:
             if self.server.native_sendfile and self.settings.sendfile:
-                await self.loop.sendfile(transport, item.open(), item.offset, count,
-                                         fallback=False)
-                self.out.sent(count)
-                self.session.sent(count, time.monotonic())
+                file, offset, end = item.open(), item.offset, item.offset + count
+                while offset < end:
+                    piece = min(_FILE_CHUNK, end - offset)
+                    await self.loop.sendfile(transport, file, offset, piece, fallback=False)
+                    offset += piece
+                    self.out.sent(piece)
+                    self.session.sent(piece, time.monotonic())
             else:
                 await self._write_file(item)
         except (ConnectionError, OSError, RuntimeError):
@@ -272,8 +278,11 @@ class CoreProtocol(Connection, asyncio.BufferedProtocol):
         assert transport is not None
         if self.closed:
             return
-        if self.expired(time.monotonic()) and self.file_task is None and not self.awaiting:
-            if self.lingering:
+        if self.expired(time.monotonic()) and not self.awaiting:
+            if self.file_task is not None:  # no piece of the file left within the timeout
+                self.file_task.cancel()
+                transport.abort()
+            elif self.lingering:
                 transport.close()
             else:
                 transport.abort()
