@@ -10,6 +10,9 @@ for a thread model, a worker) for as long as the peer likes.
 "Ended" is read from the server's side: no socket of the server's process tree is
 still connected to the client's address. (A graceful close queues its FIN behind the
 unread file data, so the client itself may never see it.)
+
+And the other side of that bound: a peer that reads slowly but steadily gets a file
+that takes several idle timeouts to leave, since each piece is progress.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tests.servers import entries_for, ids, running_server
 
 IDLE = 1.0
 FILE_BYTES = 32 << 20  # far more than the socket buffers on both sides hold
+MIB = 1 << 20
 GIVE_UP = 12.0  # seconds after the stall: a server still holding it by then fails
 
 ENTRIES = [e for e in entries_for("http") if e.static_files]
@@ -69,3 +73,41 @@ def test_peer_that_stops_reading_a_file_is_dropped_after_the_idle_timeout(
             sock.close()
         assert not held, f"still connected {GIVE_UP:g} s after the peer stopped reading"
         assert let_go >= IDLE * 0.5, f"dropped {let_go:.2f} s after the stall: too soon"
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ids(ENTRIES))
+def test_slow_steady_reader_gets_a_response_longer_than_the_idle_timeout(
+        entry, tmp_path: Path) -> None:
+    """12 MiB read at about 4 MiB/s with a 1 s idle timeout: each send progresses well
+    within the timeout, though the whole response takes about three of them."""
+    data = bytes(range(256)) * (48 * 1024)
+    (tmp_path / "f.bin").write_bytes(data)
+    with running_server(entry, "http", "--root", str(tmp_path),
+                        "--idle-timeout", str(IDLE)) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.connect(server.address)
+        sock.sendall(get("/f.bin", headers="Connection: close\r\n"))
+        sock.setblocking(False)
+        received = bytearray()
+        began = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - began < 30:
+            time.sleep(0.25)  # the pace of a slow reader, not a wait for the server
+            taken = 0
+            while taken < MIB:  # at most 1 MiB a turn
+                try:
+                    piece = sock.recv(MIB - taken)
+                except BlockingIOError:
+                    break
+                closed = not piece
+                if closed:
+                    break
+                taken += len(piece)
+                received += piece
+        took = time.monotonic() - began
+        sock.close()
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:80]
+        assert body == data, f"{len(body)} of {len(data)} bytes in {took:.1f} s"
+        assert took > 2 * IDLE, f"read in {took:.1f} s: not slower than the idle timeout"
