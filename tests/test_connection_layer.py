@@ -12,7 +12,10 @@ client checks what the peer sees:
   peer ends its stream;
 - a graceful stop closes an idle connection at once and finishes the response
   in flight (a file larger than the socket buffers, to a client that reads it
-  after the stop) before closing.
+  after the stop) before closing;
+- a pipelined burst whose answers pass the write high-water mark many times over
+  is answered in full and in order: parsing pauses on the mark and resumes each
+  time the output drains (on io_uring, from a send's completion).
 
 The output queue's own rules (what :meth:`OutQueue.sent` takes off, file slices
 closed when cleared) are checked without a network first.
@@ -260,3 +263,22 @@ def test_stop_closes_idle_at_once_and_finishes_the_answer_in_flight(
             assert body == payload, "the answer in flight is finished"
             busy.settimeout(5.0)
             assert busy.recv(1) == b"", "then the connection is closed"
+
+
+@pytest.mark.parametrize("kind", DRIVERS)
+def test_pipelined_answers_over_the_mark_come_in_full_and_in_order(
+        kind: str, tmp_path: Path) -> None:
+    bodies = [os.urandom(1024) + b"%04d" % i for i in range(64)]  # 64 KiB of answers
+    for i, body in enumerate(bodies):
+        (tmp_path / f"f{i}.bin").write_bytes(body)
+    burst = b"".join(get(f"/f{i}.bin") for i in range(len(bodies))) + CLOSE
+    with serving(kind, root=tmp_path, write_high_water=4 * KIB) as (address, _):
+        with _connect(address) as sock:
+            sock.sendall(burst)  # one write: most of it is held while the output drains
+            reader = ResponseReader(sock)
+            for body in bodies:
+                response = reader.read()
+                assert (response.status, response.body) == (200, body)
+            assert reader.read().status == 200
+            sock.settimeout(5.0)
+            assert sock.recv(1) == b"", "the last answer closes"

@@ -48,10 +48,12 @@ A completion driver (io_uring) has at most one send in flight per connection
 :meth:`OutQueue.gather` (adjacent bytes joined; the queue keeps them until
 they are reported sent) or, when the head is a file slice, a read of the
 slice's next chunk at ``head.offset`` followed by a send of it, and sets
-``in_flight``. On the send's completion it clears ``in_flight``, calls
-``out.sent(res)`` and ``session.sent(res, now)`` (a short send: the next
-``_write`` sends the rest) and then :meth:`~Connection.pump`, which starts the
-next send, lets the session go on, or finishes. Its ``_interest`` ignores
+``in_flight``. On the send's completion it clears ``in_flight`` and calls
+``pump(now, sent=res)``, which takes the bytes off the queue, tells the session
+(a short send: the next ``_write`` sends the rest) and starts the next send,
+lets the session go on, or finishes. Such a driver sets
+:attr:`~Connection.waits_writable` false: ``pump`` then asks its ``_interest``
+only when reading changes; the ``_interest`` ignores
 ``writing`` (completions need no writability) and keeps a recv armed while
 ``reading``, re-arming a single-shot recv after each completion while
 :attr:`~Connection.reading` stays true. Its expiry scan calls
@@ -135,6 +137,10 @@ class Connection:
                  "throttled", "lingering", "linger_until", "linger_left", "stopping",
                  "closed", "calls")
 
+    #: Whether the driver waits for writability while output is queued; a completion
+    #: driver does not (it is told when a send completes), and is then not asked to.
+    waits_writable = True
+
     def __init__(self, session: Session, settings: Settings, calls: bool) -> None:
         self.session = session
         self.settings = settings
@@ -176,27 +182,48 @@ class Connection:
 
     # -- the life cycle ----------------------------------------------------------------
 
-    def pump(self, now: float, eof: bool = False) -> None:
+    def pump(self, now: float, eof: bool = False, sent: int | None = None) -> None:
         """Move the session's output to the queue and write it; once it is all out, let
         the session parse what it held, and again. Then start its backend call, if
         any, and wait for what comes next: input, writability, or neither (finish).
-        ``eof``: the peer has ended its stream (nothing to linger for)."""
+        ``eof``: the peer has ended its stream (nothing to linger for). ``sent``: a
+        completion driver's send took that many bytes off the queue's head: the queue
+        and the session are told, and nothing new is asked of the session (it
+        produces output only in ``received``, ``resume`` and the backend answers,
+        each of which a pump follows)."""
         session, out = self.session, self.out
-        while True:
+        if sent is None:
             out.extend(session.take_output())
+        else:
+            head = out[0]
+            if type(head) is bytes and sent == len(head):
+                out.popleft()  # the common case: one whole response left
+            else:
+                out.sent(sent)
+            session.sent(sent, now)
+        while True:
             if out:
                 self._write(now)
                 if self.closed:
                     return
-            if out or self.in_flight or not session.paused or not session.resume(now):
+            if out or self.in_flight:
                 break
+            if session.wants_input:
+                # The common idle case, asked first: wanting input means not closing,
+                # nothing held and no backend call pending.
+                if self.writing or not self.reading:
+                    self._interest(True, False)
+                return
+            if not session.paused or not session.resume(now):
+                break
+            out.extend(session.take_output())
         if self.calls:
             call = session.take_backend_call()
             if call is not None:
                 self._perform(call)
         if out or self.in_flight:
             reading = session.wants_input and not self.throttled
-            if not self.writing or reading != self.reading:
+            if reading != self.reading or self.waits_writable and not self.writing:
                 self._interest(reading, True)
         elif session.closing:
             self.finish(now, eof)

@@ -58,7 +58,6 @@ it (:mod:`servers.io_uring_srv`); this module imports nothing of it.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import socket
@@ -115,6 +114,8 @@ class _Conn(SocketConnection):
     __slots__ = ("loop", "ring", "buf", "view", "sending", "recv_op", "cancelling",
                  "file_buf", "recv_done", "send_done", "read_done")
 
+    waits_writable = False  # completions need no writability
+
     def __init__(self, loop: UringLoop, sock: socket.socket, session: Session,
                  buf: bytearray | None) -> None:
         super().__init__(session, loop.settings, loop.pool is not None, sock)
@@ -122,7 +123,7 @@ class _Conn(SocketConnection):
         self.ring = loop.ring
         self.buf = buf
         self.view = memoryview(buf) if buf is not None else None
-        self.sending: memoryview | None = None  # the send in flight
+        self.sending: bytes | memoryview | None = None  # the send in flight
         self.recv_op: Any = None  # the armed recv, if any
         self.cancelling = False  # a cancel of the armed multishot recv is on its way
         self.file_buf: bytearray | None = None
@@ -138,7 +139,7 @@ class _Conn(SocketConnection):
             return
         out = self.out
         head = out[0]
-        if isinstance(head, FileSlice):
+        if type(head) is not bytes and isinstance(head, FileSlice):  # bytes: the common case
             try:
                 fd = head.fileno()
             except OSError:
@@ -152,7 +153,7 @@ class _Conn(SocketConnection):
                                    self.read_done)
             return
         self.in_flight = True
-        self.loop._send(self, memoryview(head if len(out) == 1 else out.gather(_SEND_JOIN)))
+        self.loop._send(self, head if len(out) == 1 else out.gather(_SEND_JOIN))
 
     def _interest(self, reading: bool, writing: bool) -> None:
         """Completions need no writability, so ``writing`` is ignored (and stays false):
@@ -188,7 +189,7 @@ class _RedisConn:
         self.buf: bytearray | None = None  # allocated once connected
         self.connect_op: Any = None
         self.recv_op: Any = None
-        self.sending: memoryview | None = None
+        self.sending: bytes | memoryview | None = None
         self.closed = False
         self.connect_done: Done = _ignore
         self.recv_done: Done = _ignore
@@ -237,10 +238,12 @@ class UringLoop:
         self._arm_accept()
         ring.prepare_poll(self.stop.fileno(), select.POLLIN, self._on_stop)
         ring.submit()
-        next_scan = self.clock() + self.scan_every
+        now = self.clock()
+        next_scan = now + self.scan_every
         try:
             while True:
-                now = self.clock()
+                # ``now``: read once per turn, right after the wait (the deadlines tested
+                # here and the wait's timeout can be late by one batch's processing).
                 if self.stopping and (not self.conns or now >= self.stop_deadline):
                     if self.pool is not None and not self.pool_closed:
                         # The grace is over: calls still in flight fail, and their
@@ -258,17 +261,24 @@ class UringLoop:
                     if self.accept_op is None:
                         self._arm_accept()
                         ring.submit()
-                wake = min(next_scan, self.accept_resume_at or math.inf,
-                           self.stop_deadline if self.stopping else math.inf,
-                           now + _CONNECT_RETRY if self.redis_retry else math.inf)
+                wake = next_scan  # the rarer wake-ups tested one by one: no min() per turn
+                if self.accept_resume_at:
+                    wake = min(wake, self.accept_resume_at)
+                if self.stopping:
+                    wake = min(wake, self.stop_deadline)
+                if self.redis_retry:
+                    wake = min(wake, now + _CONNECT_RETRY)
+                wait = wake - now
                 try:
-                    batch = ring.wait(max(0.0, wake - now))
+                    batch = ring.wait(wait if wait > 0.0 else 0.0)
                 except InterruptedError:
+                    now = self.clock()
                     continue  # a signal: its handler has run; a stop shows as the poll
+                now = self.clock()
                 if batch:
                     # One clock reading per batch for the clients' reads and sends: the
                     # activity times behind idle and header deadlines need no finer grain.
-                    self.now = self.clock()
+                    self.now = now
                     for c in batch:
                         c.user_data(c)
                 if self.redis_retry:
@@ -279,7 +289,6 @@ class UringLoop:
                     # Cancels queued without a waiter are not flushed by wait(): submit now.
                     self.needs_submit = False
                     ring.submit()
-                now = self.clock()
                 if now >= next_scan:
                     self._expire(now)
                     if self.pool is not None:
@@ -418,7 +427,7 @@ class UringLoop:
 
     # -- sending -----------------------------------------------------------------------
 
-    def _send(self, target: _Conn | _RedisConn, data: memoryview) -> None:
+    def _send(self, target: _Conn | _RedisConn, data: bytes | memoryview) -> None:
         """The one place a send is prepared, for clients and Redis alike: it is in flight
         (``target.sending``) until its completion, and the only one on that socket."""
         target.sending = data
@@ -446,15 +455,9 @@ class UringLoop:
         if res < 0:
             self._close(conn)
             return
-        now = self.now
-        out = conn.out
-        head = out[0]
-        if type(head) is bytes and res == len(head):
-            out.popleft()  # the common case: one whole response left
-        else:
-            out.sent(res)
-        conn.session.sent(res, now)
-        conn.pump(now)  # the rest of a short send, the next output, or the finish
+        # Off the queue; then the rest of a short send, the next output, what the session
+        # held, or the finish.
+        conn.pump(self.now, False, res)
 
     # -- timeouts and teardown ---------------------------------------------------------
 
