@@ -35,6 +35,7 @@ without profiles.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import html
 import json
@@ -100,10 +101,12 @@ def perf_unavailable(python: str = sys.executable) -> str | None:
     perf = shutil.which("perf")
     if perf is None:
         return "perf is not installed"
-    probe = ("import sys\n"
+    probe = ("import os, sys\n"
              "if sys.version_info < (3, 12): sys.exit('needs Python 3.12+ (its perf "
              "trampoline), the server runs %d.%d' % sys.version_info[:2])\n"
-             "sys.activate_stack_trampoline('perf')\n")
+             "sys.activate_stack_trampoline('perf')\n"
+             "sys.deactivate_stack_trampoline()\n"
+             "os.unlink('/tmp/perf-%d.map' % os.getpid())\n")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             done = subprocess.run([perf, "record", "-q", "-e", "cpu-clock", "-o",
@@ -344,6 +347,18 @@ class PerfSampler:
         return (stacks, "") if stacks else (None, "no samples (the server was idle)")
 
 
+_PERF_MAPS = "/tmp/perf-*.map"  # where CPython's perf trampoline writes a process's symbols
+
+
+def _remove_dead_maps(paths: set[str]) -> None:
+    """Remove the trampoline maps of processes that have exited (a server that did not
+    start under perf leaves one)."""
+    for path in paths:
+        pid = path[len("/tmp/perf-"):-len(".map")]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            os.unlink(path)
+
+
 def _children(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -368,11 +383,14 @@ def profiled_run(target: runner.Target, label: str, concurrency: int,
         return record
     server_cpus, client_cpus = cpus
     settings = dataclasses.replace(settings, duration=max(settings.duration, MIN_DURATION))
+    maps = set(glob.glob(_PERF_MAPS))
     try:
         server = runner.start_server(target, runner.protocol_of(label), settings, server_cpus,
                                      ready_timeout=settings.ready_timeout, extra=extra,
                                      environ={"PYTHONPERFSUPPORT": "1"} if tool == "perf" else None)
     except runner.StartFailure as exc:
+        if tool == "perf":
+            _remove_dead_maps(set(glob.glob(_PERF_MAPS)) - maps)
         record.update(status="skipped" if exc.skipped else "failed", reason=exc.reason)
         return record
     base = os.path.join(out_dir, f"profile-{target.name}-{label.replace('@', '-')}")
