@@ -65,7 +65,7 @@ class ResponseReader:
     def __init__(self, sock: socket.socket, timeout: float = 10.0) -> None:
         self.sock = sock
         self.timeout = timeout
-        self.buf = b""
+        self.buf = bytearray()  # grows in place: a 16 MiB body is not copied per chunk
 
     def _fill(self, deadline: float) -> None:
         left = deadline - time.monotonic()
@@ -74,14 +74,15 @@ class ResponseReader:
         self.sock.settimeout(left)
         chunk = self.sock.recv(1 << 16)
         if not chunk:
-            raise EOFError(f"peer closed; buffered: {self.buf[:200]!r}")
+            raise EOFError(f"peer closed; buffered: {bytes(self.buf[:200])!r}")
         self.buf += chunk
 
     def read(self, head_only: bool = False) -> Response:
         deadline = time.monotonic() + self.timeout
-        while b"\r\n\r\n" not in self.buf:
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
             self._fill(deadline)
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        head = bytes(self.buf[:end])
+        del self.buf[:end + 4]
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
         headers = {}
@@ -91,7 +92,8 @@ class ResponseReader:
         length = 0 if head_only else int(headers.get("content-length", "0"))
         while len(self.buf) < length:
             self._fill(deadline)
-        body, self.buf = self.buf[:length], self.buf[length:]
+        body = bytes(self.buf[:length])
+        del self.buf[:length]
         return Response(status, headers, body, head + b"\r\n\r\n" + body)
 
 
