@@ -53,7 +53,7 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
-from bench import metrics, runner
+from bench import metrics, runner, server_process
 from bench.records import Run
 
 RATE = 250  # samples per second
@@ -276,7 +276,7 @@ class Sampler:
         self.raw_path = raw_path
         argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--nolineno",
                 "--rate", str(RATE), "--format", "raw", "--output", raw_path]
-        self.proc = subprocess.Popen(runner._pinned(argv, cpus), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(server_process.pinned(argv, cpus), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
 
@@ -315,7 +315,7 @@ class PerfSampler:
                 else ["--call-graph", f"dwarf,{PERF_STACK_BYTES}"])
         argv = [perf, "record", "-q", "-e", "cpu-clock", "-F", str(RATE), *walk,
                 "-p", ",".join(map(str, self.commands)), "-o", self.data]
-        self.proc = subprocess.Popen(runner._pinned(argv, cpus), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(server_process.pinned(argv, cpus), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
 

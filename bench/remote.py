@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import loadgen, remote_server, runner
+from bench import loadgen, remote_server, runner, server_process
 from bench.records import Failure, Run, Status, client_bound
 from bench.remote_metrics import from_json, window_at
 
@@ -291,7 +291,7 @@ class Placement:
                     at = argv.index("--seed") + 1
                     argv[at] = str(int(argv[at]) + index)
                 if self.pin:
-                    argv = runner._pinned(argv, client_cpus)
+                    argv = server_process.pinned(argv, client_cpus)
                 procs.append(subprocess.Popen(
                     host.argv(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True, cwd=runner.REPO,

@@ -179,9 +179,8 @@ def split_cpus() -> tuple[list[int], list[int]]:
     return cpus[:half], cpus[half:]
 
 
-# A started server (bench.server_process); the taskset prefix the load generator shares.
+# A started server (bench.server_process).
 Server = server_process.ServerProcess
-_pinned = server_process.pinned
 
 
 def start_server(
@@ -244,7 +243,7 @@ def start_loadgen(argv: list[str], cpus: list[int] | None) -> subprocess.Popen[s
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
-        _pinned(argv, cpus), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        server_process.pinned(argv, cpus), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, start_new_session=True,
     )
 
