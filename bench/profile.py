@@ -267,28 +267,45 @@ def flame_svg(stacks: Counter[tuple[str, ...]], title: str) -> str:
     return "\n".join(parts)
 
 
-class Sampler:
-    """py-spy recording one process tree until :meth:`stop`."""
+class _Recorder:
+    """A sampling tool (py-spy, perf) recording in the background until SIGINT."""
 
-    def __init__(self, pid: int, raw_path: str, cpus: list[int] | None) -> None:
-        spy = py_spy()
-        assert spy is not None
-        self.raw_path = raw_path
-        argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--nolineno",
-                "--rate", str(RATE), "--format", "raw", "--output", raw_path]
+    name = ""
+
+    def _start(self, argv: list[str], cpus: list[int] | None) -> None:
         self.proc = subprocess.Popen(server_process.pinned(argv, cpus), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
 
-    def stop(self) -> tuple[Counter[tuple[str, ...]] | None, str]:
-        """Stop sampling; (stacks, "") or (None, why there are none)."""
+    def _interrupt(self) -> tuple[str, str | None]:
+        """Stop the tool as a user's ^C does; (its stderr, None) or ("", why it failed)."""
         try:
             self.proc.send_signal(signal.SIGINT)
             _, err = self.proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
-            return None, "py-spy did not stop within 20 s (killed)"
+            return "", f"{self.name} did not stop within 20 s (killed)"
+        return err, None
+
+
+class Sampler(_Recorder):
+    """py-spy recording one process tree until :meth:`stop`."""
+
+    name = "py-spy"
+
+    def __init__(self, pid: int, raw_path: str, cpus: list[int] | None) -> None:
+        spy = py_spy()
+        assert spy is not None
+        self.raw_path = raw_path
+        self._start([spy, "record", "--pid", str(pid), "--subprocesses", "--nolineno",
+                     "--rate", str(RATE), "--format", "raw", "--output", raw_path], cpus)
+
+    def stop(self) -> tuple[Counter[tuple[str, ...]] | None, str]:
+        """Stop sampling; (stacks, "") or (None, why there are none)."""
+        err, failed = self._interrupt()
+        if failed:
+            return None, failed
         try:
             with open(self.raw_path, encoding="utf-8", errors="replace") as f:
                 stacks = parse_collapsed(f.read())
@@ -298,10 +315,12 @@ class Sampler:
         return (stacks, "") if stacks else (None, "no samples (the server was idle)")
 
 
-class PerfSampler:
+class PerfSampler(_Recorder):
     """``perf record`` sampling one process tree (its processes when started; children
     forked later are followed) until :meth:`stop`. The processes must run with the perf
     trampoline on (``PYTHONPERFSUPPORT=1``), or their Python functions stay unnamed."""
+
+    name = "perf record"
 
     def __init__(self, pid: int, base: str, cpus: list[int] | None,
                  python: str = sys.executable) -> None:
@@ -313,21 +332,14 @@ class PerfSampler:
         self.commands = {p.pid: " ".join(p.cmdline()) for p in tree}
         walk = (["--call-graph", "fp"] if frame_pointers(python)
                 else ["--call-graph", f"dwarf,{PERF_STACK_BYTES}"])
-        argv = [perf, "record", "-q", "-e", "cpu-clock", "-F", str(RATE), *walk,
-                "-p", ",".join(map(str, self.commands)), "-o", self.data]
-        self.proc = subprocess.Popen(server_process.pinned(argv, cpus), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        self._start([perf, "record", "-q", "-e", "cpu-clock", "-F", str(RATE), *walk,
+                     "-p", ",".join(map(str, self.commands)), "-o", self.data], cpus)
 
     def stop(self) -> tuple[Counter[tuple[str, ...]] | None, str]:
         """Stop sampling and read the samples; (stacks, "") or (None, why there are none)."""
-        try:
-            self.proc.send_signal(signal.SIGINT)
-            _, err = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            return None, "perf record did not stop within 20 s (killed)"
+        err, failed = self._interrupt()
+        if failed:
+            return None, failed
         for child in _children(next(iter(self.commands))):
             self.commands.setdefault(child.pid, " ".join(child.cmdline()))
         try:
