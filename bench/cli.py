@@ -379,7 +379,7 @@ def run_vm(argv: list[str], options: argparse.Namespace, estimate_s: float) -> i
     try:
         from bench import vm_qemu
     except ImportError as exc:
-        print(f"python -m bench: --vm: bench.vm not available ({exc})", file=sys.stderr)
+        print(f"python -m bench: --vm: bench.vm_qemu cannot be imported ({exc})", file=sys.stderr)
         return 2
     out_dir = os.path.abspath(options.out or default_out_dir())
     if out_dir.split(os.sep)[1:2] in (["tmp"], ["run"], ["dev"], ["proc"], ["sys"]):
