@@ -22,8 +22,8 @@ from bench import stats
 from bench.records import (
     CI_KEYS,
     FAILED,
-    LATENCY_KEYS,
     NOT_RUN,
+    PERCENTILES,
     STATUS_ORDER,
     Result,
     Run,
@@ -65,7 +65,7 @@ def _fold(group: list[Run], ci_target: float | None = None) -> Result:
     for run in group:
         for kind, count in run.errors.items():
             errors[kind] = errors.get(kind, 0) + int(count or 0)
-    latency = {k: median(r.latency_us.get(k) for r in measured) for k in LATENCY_KEYS}
+    latency = {k: median(r.latency_us.get(k) for r in measured) for k in PERCENTILES}
     maxes = [m for r in measured if (m := r.latency_us.get("max"))]
     latency["max"] = max(maxes) if maxes else None
     figures: dict[str, Any] = {}

@@ -328,8 +328,8 @@ class PerfSampler(_Recorder):
         assert perf is not None
         self.perf = perf
         self.data = base + ".perf.data"
-        tree = [psutil.Process(pid), *_children(pid)]
-        self.commands = {p.pid: " ".join(p.cmdline()) for p in tree}
+        self.pid = pid
+        self.commands = {p.pid: " ".join(p.cmdline()) for p in metrics.tree(pid)}
         walk = (["--call-graph", "fp"] if frame_pointers(python)
                 else ["--call-graph", f"dwarf,{PERF_STACK_BYTES}"])
         self._start([perf, "record", "-q", "-e", "cpu-clock", "-F", str(RATE), *walk,
@@ -340,7 +340,7 @@ class PerfSampler(_Recorder):
         err, failed = self._interrupt()
         if failed:
             return None, failed
-        for child in _children(next(iter(self.commands))):
+        for child in metrics.tree(self.pid)[1:]:
             self.commands.setdefault(child.pid, " ".join(child.cmdline()))
         try:
             if not os.path.exists(self.data):
@@ -369,13 +369,6 @@ def _remove_dead_maps(paths: set[str]) -> None:
         pid = path[len("/tmp/perf-"):-len(".map")]
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
             os.unlink(path)
-
-
-def _children(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
 
 
 def profiled_run(target: runner.Target, label: str, concurrency: int,

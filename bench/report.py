@@ -48,8 +48,9 @@ def console_report(results: list[Result], header_note: str = "",
     parts = []
     if header_note:
         parts.append(header_note)
-    if noise_warning(results):
-        parts.append(noise_warning(results))
+    warning = noise_warning(results)
+    if warning:
+        parts.append(warning)
     for workload in order(c["workload"] for c in capacity or []):
         parts.append(f"== {capacity_heading(capacity or [], workload)} ==")
         parts.append(capacity_table(capacity or [], workload))
@@ -95,8 +96,9 @@ def summary_markdown(results: list[Result], meta: dict[str, Any],
     lines = ["# tcp-zoo benchmark", ""]
     if meta.get("header_note"):
         lines += [f"> {meta['header_note']}", ""]
-    if noise_warning(results):
-        lines += [f"> {noise_warning(results)}", ""]
+    warning = noise_warning(results)
+    if warning:
+        lines += [f"> {warning}", ""]
     lines += [
         f"- machine: {meta.get('machine', {}).get('cpu_model', '?')}, "
         f"{meta.get('machine', {}).get('cpus', '?')} CPUs; kernel "

@@ -45,7 +45,6 @@ from typing import Any, NamedTuple
 from bench import metrics, records, server_process, stats
 from bench.records import Failure, Run, Status
 from bench.server_process import StartFailure
-from bench.server_process import exit_text as _exit_text
 
 READY_TIMEOUT = 10.0
 LOADGEN_START_S = 0.05  # no load generator connects sooner (python start-up)
@@ -471,7 +470,7 @@ def fill_record(
     if died_at is not None or not server.alive():
         code = server.exit_code()
         record.status, record.failure = Status.FAILED, Failure.DIED
-        record.reason = f"server died during the run ({_exit_text(code or 0)})"
+        record.reason = f"server died during the run ({server_process.exit_text(code or 0)})"
         if result["errors_total"]:
             record.reason += f"; errors: {error_reason(result['errors'])}"
         return
