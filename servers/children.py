@@ -24,9 +24,6 @@ class Children:
     def add(self, pid: int) -> None:
         self.pids.add(pid)
 
-    def __len__(self) -> int:
-        return len(self.pids)
-
     def reap(self, signum: int = 0, frame: FrameType | None = None) -> int:
         """Collect every exited child without blocking; return how many exited. The
         arguments let it serve as a SIGCHLD handler."""

@@ -467,13 +467,11 @@ class UringLoop:
                 self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
-        if conn.closed:
+        if not conn.release():
             return
-        conn.closed = True
         self.conns.discard(conn)
         if self.pool is not None:
             self.pool.cancel(conn)  # a call in flight: its replies are dropped
-        conn.out.clear()
         # Operations in flight keep their handlers; the connection forgets them, which
         # ends the reference cycle between the two.
         conn.recv_done = conn.send_done = conn.read_done = _ignore
@@ -515,11 +513,8 @@ class UringLoop:
         """Perform what the pool asks, until it asks nothing (a finished call's session
         may queue the next call, whose effects are performed in the same turn)."""
         assert self.pool is not None
-        self.pool.perform(self._backend_done, self._redis_send, self._redis_open,
+        self.pool.perform(_Conn.backend_done, self._redis_send, self._redis_open,
                           self._redis_close)
-
-    def _backend_done(self, conn: _Conn, replies: list[object] | None) -> None:
-        conn.backend_answered(replies, self.clock())
 
     def _redis_open(self, link: Link) -> None:
         """A new Redis socket; TCP connects on the ring, a unix socket at once."""
