@@ -253,7 +253,9 @@ def test_stop_closes_idle_at_once_and_finishes_the_answer_in_flight(
             busy.sendall(get("/big.bin"))
             head = b""
             while b"\r\n\r\n" not in head:  # the head and the start of the body
-                head += busy.recv(4096)
+                chunk = busy.recv(4096)
+                assert chunk, f"closed before the head: {head[:200]!r}"
+                head += chunk
             stop.set()
             idle.settimeout(5.0)
             assert idle.recv(1) == b"", "an idle connection is closed at once on stop"

@@ -24,12 +24,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from servers.settings import MIB
 from tests.clients import get
 from tests.servers import entries_for, ids, running_server
 
 IDLE = 1.0
 FILE_BYTES = 32 << 20  # far more than the socket buffers on both sides hold
-MIB = 1 << 20
 GIVE_UP = 12.0  # seconds after the stall: a server still holding it by then fails
 
 ENTRIES = [e for e in entries_for("http") if e.static_files]
@@ -55,6 +55,7 @@ def test_peer_that_stops_reading_a_file_is_dropped_after_the_idle_timeout(
                         "--idle-timeout", str(IDLE)) as server:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.settimeout(10)
         sock.connect(server.address)
         client = sock.getsockname()[:2]
         try:
@@ -62,8 +63,7 @@ def test_peer_that_stops_reading_a_file_is_dropped_after_the_idle_timeout(
             head = sock.recv(4096)  # the response has begun: the file is being sent
             assert head.startswith(b"HTTP/1.1 200"), head[:80]
             stalled = time.monotonic()
-            root = psutil.Process(server.proc.pid)
-            procs = [root, *root.children(recursive=True)]
+            procs = server.tree()
             held = True
             while held and time.monotonic() - stalled < GIVE_UP:
                 time.sleep(0.1)  # polling the server's sockets: nothing to wait on
