@@ -10,6 +10,12 @@ from servers.redis_addr import RedisAddr
 KIB = 1024
 MIB = 1024 * KIB
 
+# How late a timer may fire and still be left as it is, rather than set again: a share
+# of the timeout plus a constant (the blocking driver's kernel timeouts, trio's scope
+# deadline). Setting a timer costs more than an echo; 2% + 2 ms is still a tight bound.
+TIMER_SLACK_SHARE = 0.02
+TIMER_SLACK_S = 0.002
+
 
 @dataclass(frozen=True)
 class Settings:

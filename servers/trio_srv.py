@@ -54,7 +54,7 @@ from servers.core.guestbook import BackendCall
 from servers.drivers.accepting import AcceptBackoff
 from servers.drivers.blocking_backend import BackendUnavailable
 from servers.drivers.trio_backend import TrioRedisPool
-from servers.settings import Settings
+from servers.settings import TIMER_SLACK_S, TIMER_SLACK_SHARE, Settings
 from servers.stop import StopSignal
 
 _SEND_CHUNK = 1 << 20
@@ -75,7 +75,8 @@ class _Connection:
         self.backend = backend
         self.scope: trio.CancelScope | None = None  # the current operation's deadline
         self.deadline = math.inf  # the scope's deadline on time.monotonic()'s clock
-        self.late = min(settings.idle_timeout, settings.header_timeout) * 0.02 + 0.002
+        self.late = (min(settings.idle_timeout, settings.header_timeout) * TIMER_SLACK_SHARE
+                     + TIMER_SLACK_S)
         self.receiving = False  # the task waits in a receive (a stop may cancel it)
         self.stopping = False
         self.eof = False

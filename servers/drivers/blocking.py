@@ -28,7 +28,7 @@ from typing import Protocol
 
 from servers.core import FileSlice, Session, Write
 from servers.drivers.blocking_backend import BackendUnavailable, BlockingBackend
-from servers.settings import Settings
+from servers.settings import TIMER_SLACK_S, TIMER_SLACK_SHARE, Settings
 from servers.stop import StopSignal
 
 _SEND_CHUNK = 1 << 20
@@ -260,7 +260,7 @@ class _Timer:
     def receive_within(self, timeout: float) -> None:
         if self.python:
             self._blocking_again()
-        elif timeout * 0.5 <= self.receive <= timeout * 1.02 + 0.002:
+        elif timeout * 0.5 <= self.receive <= timeout * (1 + TIMER_SLACK_SHARE) + TIMER_SLACK_S:
             return
         self.receive = timeout
         self._set(socket.SO_RCVTIMEO, timeout)
