@@ -54,7 +54,7 @@ def aggregate(runs: list[Run], ci_target: float | None = None) -> list[Result]:
 def _fold(group: list[Run], ci_target: float | None = None) -> Result:
     first = group[0]
     # medians over the repeats that did not fail (a failed repeat is the status's business)
-    measured = [r for r in group if r.requests_per_s is not None and r.status not in FAILED]
+    measured = [r for r in group if r.measured]
     status = min(group, key=lambda r: STATUS_ORDER.index(r.status)).status
     if measured and status in FAILED:
         status = Status.PARTIAL

@@ -619,7 +619,7 @@ def execute_to_ci(order: list[tuple[int, str, int, runner.Target]], settings: ru
     while True:
         values: dict[tuple[str, str, int], list[float]] = {}
         for r in runs:
-            if r.status in (Status.OK, Status.UNCLEAN) and r.requests_per_s is not None:
+            if r.usable:
                 values.setdefault(r.cell, []).append(r.requests_per_s)
         counts: dict[tuple[str, str, int], int] = {}
         for r in runs:

@@ -78,7 +78,7 @@ def plot(results: list[Result], out_dir: str, note: str = "") -> list[str]:
         for i, server in enumerate(servers_of(results)):
             points = sorted((r.concurrency, r.requests_per_s) for r in results
                             if r.workload == workload and r.server == server
-                            and r.requests_per_s is not None and r.status not in FAILED)
+                            and r.measured)
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], label=server,
                         **_style(plt, i))

@@ -128,6 +128,16 @@ class Figures:
     def cell(self) -> tuple[str, str, int]:
         return self.server, self.workload, self.concurrency
 
+    @property
+    def measured(self) -> bool:
+        """A rate was measured (errors or not): it may be plotted and diagnosed."""
+        return self.requests_per_s is not None and self.status not in FAILED
+
+    @property
+    def usable(self) -> bool:
+        """Measured with neither errors nor a failure: may be compared and ranked."""
+        return self.status in (Status.OK, Status.UNCLEAN) and self.requests_per_s is not None
+
     def value(self, key: str) -> float | None:
         """A figure by name, a latency percentile included."""
         if key in LATENCY_KEYS:
@@ -202,11 +212,6 @@ class Result(Figures):
     def interval(self, key: str) -> dict[str, Any] | None:
         """The stored 95% interval of a figure (bench.stats), or None."""
         return (self.ci or {}).get(key)
-
-    @property
-    def usable(self) -> bool:
-        """Measured with neither errors nor a failure: may be compared and ranked."""
-        return self.status in (Status.OK, Status.UNCLEAN) and self.requests_per_s is not None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:

@@ -9,7 +9,7 @@ skipped or is unstable, with its reason.
 from __future__ import annotations
 
 from bench.aggregate import median
-from bench.records import FAILED, NOT_RUN, Result, Status, client_starved
+from bench.records import NOT_RUN, Result, Status, client_starved
 from bench.tables import fmt_rate
 
 COSTLIER = 1.5  # this many times the fastest's cost per request is worth a line
@@ -27,7 +27,7 @@ def diagnose(results: list[Result], workload: str, concurrency: int) -> list[str
     busy (one client at a time, a blocking hand-off, a stall).
     """
     chosen = [r for r in results if r.workload == workload and r.concurrency == concurrency
-              and r.requests_per_s is not None and r.status not in FAILED]
+              and r.measured]
     chosen.sort(key=lambda r: -(r.requests_per_s or 0))
     if not chosen:
         return []
